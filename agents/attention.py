@@ -1,0 +1,128 @@
+"""Attention of a policy and the losses that shape it (../shared/CAMAL.md sections 3-4).
+
+Defined once here; the agent (agents/ppo_camal.py) and the evaluation (eval/) both import it.
+Shapes: features A (B, K, h, w), logits (B, num_actions), masks G (B, H, W) in {0, 1}.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MASK_SOURCES = ("labels", "random", "shuffled")
+
+
+def grad_cam(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    size: tuple[int, int],
+    create_graph: bool = True,
+) -> torch.Tensor:
+    """Grad-CAM of the logit of ``actions`` w.r.t. ``features``: M >= 0 upsampled to ``size``, (B, H, W).
+
+    ``w_k = mean_ij dz_a/dA_kij``; ``M = ReLU(sum_k w_k A_k)``. With ``create_graph=True`` the map is
+    differentiable, so a loss on it trains the network through the weights too. Each sample's logit
+    depends only on its own features, so the gradient of the batch sum gives every sample's gradient.
+    """
+    chosen = logits.gather(1, actions.long().view(-1, 1)).sum()
+    (grads,) = torch.autograd.grad(chosen, features, create_graph=create_graph)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * features).sum(dim=1, keepdim=True))
+    return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """``N = M / (max M + 1e-8)`` per map, in [0, 1]; an all-zero map stays zero."""
+    peak = maps.flatten(1).amax(dim=1).view(-1, 1, 1)
+    return maps / (peak + 1e-8)
+
+
+def has_target(masks: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: frames whose mask is non-empty, the only ones that carry ground truth."""
+    return masks.flatten(1).any(dim=1)
+
+
+def attention_inside_outside(normalised: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame: alpha = mean attention on the target pixels, beta = mean attention elsewhere."""
+    masks = masks.to(normalised.dtype).flatten(1)
+    normalised = normalised.flatten(1)
+    inside = masks.sum(dim=1)
+    outside = masks.shape[1] - inside
+    alpha = (normalised * masks).sum(dim=1) / inside.clamp(min=1.0)
+    beta = (normalised * (1.0 - masks)).sum(dim=1) / outside.clamp(min=1.0)
+    return alpha, beta
+
+
+def camal_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``1/|B'| sum_{b in B'} (beta_b - alpha_b)`` over frames with a non-empty mask; 0 if there are none.
+
+    ``maps`` are un-normalised Grad-CAM maps; the coefficient lambda is applied by the caller.
+    """
+    valid = has_target(masks)
+    if not valid.any():
+        return maps.sum() * 0.0  # keeps the graph, so backward() works on an empty batch
+    alpha, beta = attention_inside_outside(normalise_maps(maps[valid]), masks[valid])
+    return (beta - alpha).mean()
+
+
+def rrr_loss(inputs: torch.Tensor, log_probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Right for the Right Reasons (Ross et al. 2017) with the taken action's log-probability.
+
+    ``1/|B'| sum_{b in B'} sum_{c,i,j} (1 - G_bij) (d log pi(a_b|x_b) / dx_bcij)^2``: the squared input
+    gradient on pixels outside the mask, in every stacked frame c, over frames with a non-empty mask.
+    ``inputs`` (B, C, H, W) must require grad and ``log_probs`` (B,) be computed from them.
+    """
+    valid = has_target(masks)
+    (grads,) = torch.autograd.grad(log_probs.sum(), inputs, create_graph=True)
+    if not valid.any():
+        return grads.sum() * 0.0
+    outside = (1.0 - masks[valid].to(grads.dtype)).unsqueeze(1)
+    return (grads[valid] ** 2 * outside).flatten(1).sum(dim=1).mean()
+
+
+def relevance_mass(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(B,) ``sum(M*G)/sum(M)``: share of the attention on the targets; NaN for an all-zero map."""
+    total = maps.flatten(1).sum(dim=1)
+    inside = (maps * masks.to(maps.dtype)).flatten(1).sum(dim=1)
+    return torch.where(total > 0, inside / total.clamp(min=1e-12), torch.full_like(total, float("nan")))
+
+
+def random_blob_masks(masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Masks with the same area as ``masks``, one disc-like blob per frame at a random centre.
+
+    The blob is the ``sum(G)`` pixels nearest the centre (ties broken at random), so the area is exact.
+    """
+    batch, height, width = masks.shape
+    device = masks.device
+    areas = masks.flatten(1).sum(dim=1).long()
+    rows = torch.arange(height, device=device).view(1, -1, 1).float()
+    cols = torch.arange(width, device=device).view(1, 1, -1).float()
+    centre_r = torch.rand(batch, 1, 1, generator=generator, device=device) * height
+    centre_c = torch.rand(batch, 1, 1, generator=generator, device=device) * width
+    distance = (rows - centre_r) ** 2 + (cols - centre_c) ** 2
+    distance = distance + 1e-3 * torch.rand(distance.shape, generator=generator, device=device)
+    rank = distance.flatten(1).argsort(dim=1).argsort(dim=1)
+    return (rank < areas.view(-1, 1)).view(batch, height, width).to(masks.dtype)
+
+
+def shuffled_masks(masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each frame gets another frame's mask: a random permutation of the batch with no fixed point."""
+    batch = masks.shape[0]
+    if batch < 2:
+        return masks.clone()
+    order = torch.randperm(batch, generator=generator, device="cpu").to(masks.device)
+    shuffled = torch.empty_like(masks)
+    shuffled[order] = masks[order.roll(-1)]
+    return shuffled
+
+
+def training_masks(masks: torch.Tensor, source: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The masks the attention loss sees: the true ones (``labels``) or an uninformative control."""
+    if source == "labels":
+        return masks
+    if source == "random":
+        return random_blob_masks(masks, generator)
+    if source == "shuffled":
+        return shuffled_masks(masks, generator)
+    raise ValueError(f"unknown mask source '{source}'; valid: {', '.join(MASK_SOURCES)}")

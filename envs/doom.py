@@ -1,0 +1,187 @@
+"""ViZDoom scenarios as gymnasium environments whose observations carry the target mask.
+
+Built on vizdoom's own gymnasium environment (``VizdoomScenarioEnv``) with the paper's
+preprocessing: frame skip 4, grey 84x84 frames, a stack of the last 4, plus the binary mask of the
+scenario's target objects (from the label buffer) for the newest frame. Observations are dicts:
+
+    {"pixels": uint8 (4, 84, 84), "mask": uint8 (84, 84)}   # mask: 1 = target pixel
+
+Learning uses a transformed reward; ``info["episode"]`` (RecordEpisodeStatistics, inside the
+transform) always holds the true episodic return.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import (
+    ClipReward,
+    FrameStackObservation,
+    RecordEpisodeStatistics,
+    RecordVideo,
+    TimeLimit,
+    TransformReward,
+)
+from vizdoom.gymnasium_wrapper.gymnasium_env_defns import VizdoomScenarioEnv
+
+from masks import label_mask, resize_mask, targets_for
+
+FRAME_SKIP = 4
+FRAME_SIZE = 84
+STACK_SIZE = 4
+# The engine renders at this resolution; frames and masks are then resized to 84x84.
+SCREEN_RESOLUTION = "RES_160X120"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    config_file: str
+    reward_scale: float
+    """Learning reward = true reward x this (reward transform ``scale``)."""
+    max_episode_steps: int | None = None
+    """Cap (agent steps, after frame skip) for scenarios without an engine timeout."""
+
+
+# reward_scale brings a typical per-step reward to O(0.01-1): basic's -4 per step and +101 per kill
+# become -0.04 and +1.01 (measured to learn, see README), counting rewards (kills) stay as they are.
+# take_cover and defend_the_line have no engine timeout: capped at 525 steps = 2100 tics, the
+# timeout the other stock scenarios use.
+SCENARIOS: dict[str, Scenario] = {
+    "basic": Scenario("basic.cfg", 0.01),
+    "simpler_basic": Scenario("simpler_basic.cfg", 0.01),
+    "rocket_basic": Scenario("rocket_basic.cfg", 0.01),
+    "defend_the_center": Scenario("defend_the_center.cfg", 1.0),
+    "defend_the_line": Scenario("defend_the_line.cfg", 1.0, max_episode_steps=525),
+    "health_gathering": Scenario("health_gathering.cfg", 0.01),
+    "health_gathering_supreme": Scenario("health_gathering_supreme.cfg", 0.01),
+    "take_cover": Scenario("take_cover.cfg", 0.01, max_episode_steps=525),
+    "deadly_corridor": Scenario("deadly_corridor.cfg", 0.01),
+    "my_way_home": Scenario("my_way_home.cfg", 1.0),
+    "predict_position": Scenario("predict_position.cfg", 1.0),
+    "deathmatch": Scenario("deathmatch.cfg", 1.0),
+}
+
+REWARD_TRANSFORMS = ("scale", "clip", "none")
+
+
+def check_scenario(name: str) -> Scenario:
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario '{name}'; valid: {', '.join(SCENARIOS)}")
+    if name == "deathmatch":
+        raise ValueError(
+            "scenario 'deathmatch' uses delta (mouse-like) buttons, which this discrete-action PPO "
+            f"does not support; valid: {', '.join(n for n in SCENARIOS if n != 'deathmatch')}"
+        )
+    return SCENARIOS[name]
+
+
+def make_doom_env(scenario: str, render_mode: str | None = None) -> VizdoomScenarioEnv:
+    """The raw vizdoom gymnasium env: frame skip 4, grey screen, label buffer on, one button at a time."""
+    spec = check_scenario(scenario)
+    return VizdoomScenarioEnv(
+        spec.config_file,
+        frame_skip=FRAME_SKIP,
+        max_buttons_pressed=1,
+        render_mode=render_mode,
+        labels_buffer_enabled=True,
+        screen_format="GRAY8",
+        screen_resolution=SCREEN_RESOLUTION,
+    )
+
+
+class ScreenAndMask(gym.ObservationWrapper):
+    """{screen, labels, ...} -> {"screen": grey 84x84, "mask": target mask 84x84 of this frame}."""
+
+    def __init__(self, env: gym.Env, targets: tuple[str, ...], size: int = FRAME_SIZE):
+        super().__init__(env)
+        self.targets = targets
+        self.size = size
+        frame = gym.spaces.Box(0, 255, (size, size), np.uint8)
+        self.observation_space = gym.spaces.Dict({"screen": frame, "mask": gym.spaces.Box(0, 1, (size, size), np.uint8)})
+
+    def observation(self, observation: dict) -> dict:
+        state = self.env.unwrapped.state
+        if state is None:  # terminal step: the engine has no state, the wrapper returns zeros
+            zeros = np.zeros((self.size, self.size), np.uint8)
+            return {"screen": zeros, "mask": zeros.copy()}
+        screen = cv2.resize(observation["screen"][..., 0], (self.size, self.size), interpolation=cv2.INTER_AREA)
+        mask = label_mask(state.labels_buffer, state.labels, self.targets)
+        return {"screen": screen, "mask": resize_mask(mask, (self.size, self.size)).astype(np.uint8)}
+
+
+class StackedPixelsNewestMask(gym.ObservationWrapper):
+    """Stacked {screen, mask} -> {"pixels": the stacked screens, "mask": the newest frame's mask}."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        spaces = env.observation_space
+        self.observation_space = gym.spaces.Dict(
+            {
+                "pixels": spaces["screen"],
+                "mask": gym.spaces.Box(0, 1, spaces["mask"].shape[1:], np.uint8),
+            }
+        )
+
+    def observation(self, observation: dict) -> dict:
+        return {"pixels": observation["screen"], "mask": observation["mask"][-1]}
+
+
+def make_env(
+    scenario: str,
+    targets: tuple[str, ...] | None = None,
+    reward_transform: str = "scale",
+    render_mode: str | None = None,
+) -> gym.Env:
+    """One preprocessed environment. ``targets`` default to the scenario's (masks.SCENARIO_TARGETS)."""
+    spec = check_scenario(scenario)
+    if reward_transform not in REWARD_TRANSFORMS:
+        raise ValueError(f"unknown reward transform '{reward_transform}'; valid: {', '.join(REWARD_TRANSFORMS)}")
+    targets = targets_for(scenario, targets)
+    env: gym.Env = make_doom_env(scenario, render_mode=render_mode)
+    if spec.max_episode_steps is not None:
+        env = TimeLimit(env, spec.max_episode_steps)
+    env = ScreenAndMask(env, targets)
+    env = FrameStackObservation(env, STACK_SIZE)
+    env = StackedPixelsNewestMask(env)
+    env = RecordEpisodeStatistics(env)  # true returns, before the reward transform
+    if reward_transform == "scale":
+        env = TransformReward(env, lambda r, s=spec.reward_scale: r * s)
+    elif reward_transform == "clip":
+        env = ClipReward(env, -1.0, 1.0)
+    return env
+
+
+def make_vector_env(
+    scenario: str,
+    num_envs: int,
+    targets: tuple[str, ...] | None = None,
+    reward_transform: str = "scale",
+    asynchronous: bool = True,
+    video_dir: str | None = None,
+) -> gym.vector.VectorEnv:
+    """N environments, each engine in its own subprocess (or in-process with ``asynchronous=False``).
+
+    Autoreset is same-step (as in gym<1.0, which CleanRL's PPO assumes): on a terminal step the
+    returned observation and mask are the new episode's first; the all-zero terminal observation is in
+    ``info["final_obs"]`` and the episode statistics in ``info["final_info"]["episode"]``.
+    """
+    check_scenario(scenario)
+    targets = targets_for(scenario, targets)  # validate here, not in N subprocesses
+
+    def thunk(index: int) -> gym.Env:
+        if asynchronous:  # Ctrl-C goes to the trainer, which stops cleanly; workers and engines ignore it
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if video_dir is not None and index == 0:
+            env = make_env(scenario, targets, reward_transform, render_mode="rgb_array")
+            return RecordVideo(env, video_dir, disable_logger=True)
+        return make_env(scenario, targets, reward_transform)
+
+    thunks: list[Callable[[], gym.Env]] = [functools.partial(thunk, i) for i in range(num_envs)]
+    vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+    return vector_cls(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

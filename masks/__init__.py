@@ -1,0 +1,21 @@
+"""Binary target masks from ViZDoom's label buffer."""
+
+from masks.labels import (
+    NEVER_TARGETS,
+    SCENARIO_TARGETS,
+    KNOWN_OBJECTS,
+    label_mask,
+    parse_targets,
+    resize_mask,
+    targets_for,
+)
+
+__all__ = [
+    "NEVER_TARGETS",
+    "SCENARIO_TARGETS",
+    "KNOWN_OBJECTS",
+    "label_mask",
+    "parse_targets",
+    "resize_mask",
+    "targets_for",
+]

@@ -1,0 +1,96 @@
+"""Label buffer + ``state.labels`` -> binary mask of a scenario's target objects.
+
+Label values are reassigned every frame by draw order, so the class of a pixel is looked up
+through ``state.labels`` (value -> object_name, object_category) and never inferred from the value.
+A target is an object name (``Cacodemon``) or a category (``Monster``); see ../shared/CAMAL.md s.2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+# One table of the objects that should drive each scenario's decisions (CAMAL.md section 2).
+SCENARIO_TARGETS: dict[str, tuple[str, ...]] = {
+    "basic": ("Cacodemon",),
+    "simpler_basic": ("Cacodemon",),
+    "rocket_basic": ("Cacodemon",),
+    "defend_the_center": ("Demon", "MarineChainsawVzd"),
+    "defend_the_line": ("Demon", "DoomImp"),
+    "health_gathering": ("Medikit",),
+    "health_gathering_supreme": ("CustomMedikit", "Poison"),
+    "take_cover": ("DoomImp", "DoomImpBall"),
+    "deadly_corridor": ("Monster", "GreenArmor"),
+    "my_way_home": ("GreenArmor",),
+    "predict_position": ("Cacodemon",),
+    "deathmatch": ("Monster", "Player"),
+}
+
+# Categories and names that are never targets, whatever a target list says: the player's own
+# weapon, smoke and teleport fog, blood, corpses, engine internals and bullet puffs.
+NEVER_TARGETS: frozenset[str] = frozenset({"Self", "SFX", "Gibs", "Gore", "Internal", "BulletPuff"})
+
+# Names and categories seen in the stock scenarios (vizdoom 1.3.2), used to validate overrides.
+KNOWN_OBJECTS: frozenset[str] = frozenset(
+    {
+        # categories
+        "Monster", "Player", "Health", "Armor", "Ammo", "Weapon", "Explosive",
+        # object names
+        "Cacodemon", "Demon", "MarineChainsawVzd", "DoomImp", "DoomImpBall", "Zombieman",
+        "ShotgunGuy", "ChaingunGuy", "Medikit", "CustomMedikit", "Poison", "Stimpack",
+        "HealthBonus", "GreenArmor", "BlueArmor", "ArmorBonus", "Clip", "ClipBox", "ShellBox",
+        "RocketBox", "CellPack", "Shotgun", "Chaingun", "Chainsaw", "RocketLauncher",
+        "PlasmaRifle", "Rocket", "CustomRocket",
+    }
+)
+
+
+def parse_targets(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """Validate a target override (comma-separated string or list) against the known objects."""
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [s.strip() for s in spec]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError("empty target list; give object names or categories, e.g. 'Cacodemon,Monster'")
+    for name in names:
+        if name in NEVER_TARGETS:
+            raise ValueError(f"'{name}' can never be a target (never targets: {', '.join(sorted(NEVER_TARGETS))})")
+        if name not in KNOWN_OBJECTS:
+            raise ValueError(f"unknown target '{name}'; valid: {', '.join(sorted(KNOWN_OBJECTS))}")
+    return tuple(names)
+
+
+def targets_for(scenario: str, override: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """The scenario's default targets, or the validated override."""
+    if override:
+        return parse_targets(override)
+    if scenario not in SCENARIO_TARGETS:
+        raise ValueError(f"unknown scenario '{scenario}'; valid: {', '.join(sorted(SCENARIO_TARGETS))}")
+    return SCENARIO_TARGETS[scenario]
+
+
+def label_mask(labels_buffer: np.ndarray, labels: Iterable, targets: Iterable[str]) -> np.ndarray:
+    """Boolean mask (same H x W as the buffer) of the pixels whose object is a target.
+
+    ``labels`` is ``state.labels``: objects with ``value``, ``object_name``, ``object_category``.
+    """
+    targets = set(targets)
+    values = [
+        label.value
+        for label in labels
+        if (label.object_name in targets or label.object_category in targets)
+        and label.object_name not in NEVER_TARGETS
+        and label.object_category not in NEVER_TARGETS
+    ]
+    buffer = labels_buffer[..., 0] if labels_buffer.ndim == 3 else labels_buffer
+    if not values:
+        return np.zeros(buffer.shape, dtype=bool)
+    return np.isin(buffer, np.asarray(values, dtype=buffer.dtype))
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a boolean mask to ``size`` = (height, width)."""
+    height, width = size
+    resized = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    return resized.astype(bool)
