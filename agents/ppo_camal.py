@@ -112,8 +112,8 @@ class Args:
     # Attention loss (CAMAL.md section 4)
     attn_loss: Literal["none", "camal", "rrr"] = "camal"
     """attention loss: none (vanilla PPO), camal, or rrr (Right for the Right Reasons control)"""
-    camal_coef: float = 1.0
-    """lambda: weight of the attention loss (camal or rrr); 0 reproduces vanilla PPO"""
+    camal_coef: float = 0.1
+    """lambda: weight of the attention loss (camal or rrr); 0 reproduces vanilla PPO (0.1: see README)"""
     mask_source: Literal["labels", "random", "shuffled"] = "labels"
     """masks the attention loss sees: labels (true), random (same-area blobs) or shuffled (another frame's)"""
 
@@ -399,8 +399,9 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                 for start in range(0, args.batch_size, args.minibatch_size):
                     mb_inds = b_inds[start : start + args.minibatch_size]
                     mb_pixels = b_pixels[mb_inds].float()
-                    if args.attn_loss == "rrr":
-                        mb_pixels.requires_grad_(True)
+                    if args.attn_loss == "rrr":  # RRR differentiates w.r.t. pixels scaled to [0, 1]
+                        mb_unit_pixels = (mb_pixels / 255.0).requires_grad_(True)
+                        mb_pixels = mb_unit_pixels * 255.0
                     logits, newvalue, features = agent.logits_value_features(mb_pixels)
                     dist = Categorical(logits=logits)
                     newlogprob = dist.log_prob(b_actions[mb_inds])
@@ -442,7 +443,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                             maps = grad_cam(features, logits, b_actions[mb_inds], mask_shape, create_graph=True)
                             attn_loss = camal_loss(maps, mb_masks)
                         else:
-                            attn_loss = rrr_loss(mb_pixels, newlogprob, mb_masks)
+                            attn_loss = rrr_loss(mb_unit_pixels, newlogprob, mb_masks)
                         loss = loss + args.camal_coef * attn_loss
                         attn_losses.append(attn_loss.item())
                     # ---------------------------------------------------------------------------

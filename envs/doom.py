@@ -30,7 +30,7 @@ from gymnasium.wrappers import (
 )
 from vizdoom.gymnasium_wrapper.gymnasium_env_defns import VizdoomScenarioEnv
 
-from masks import label_mask, resize_mask, targets_for
+from masks import label_mask, targets_for
 
 FRAME_SKIP = 4
 FRAME_SIZE = 84
@@ -111,8 +111,12 @@ class ScreenAndMask(gym.ObservationWrapper):
             zeros = np.zeros((self.size, self.size), np.uint8)
             return {"screen": zeros, "mask": zeros.copy()}
         screen = cv2.resize(observation["screen"][..., 0], (self.size, self.size), interpolation=cv2.INTER_AREA)
-        mask = label_mask(state.labels_buffer, state.labels, self.targets)
-        return {"screen": screen, "mask": resize_mask(mask, (self.size, self.size)).astype(np.uint8)}
+        # Nearest-neighbour sampling commutes with the per-pixel value -> target map, so sampling the
+        # label buffer first gives the same mask as resize_mask(label_mask(full buffer)), on 84x84
+        # pixels instead of 160x120.
+        labels_buffer = cv2.resize(state.labels_buffer, (self.size, self.size), interpolation=cv2.INTER_NEAREST)
+        mask = label_mask(labels_buffer, state.labels, self.targets)
+        return {"screen": screen, "mask": mask.view(np.uint8)}
 
 
 class StackedPixelsNewestMask(gym.ObservationWrapper):
@@ -175,8 +179,9 @@ def make_vector_env(
     targets = targets_for(scenario, targets)  # validate here, not in N subprocesses
 
     def thunk(index: int) -> gym.Env:
-        if asynchronous:  # Ctrl-C goes to the trainer, which stops cleanly; workers and engines ignore it
+        if asynchronous:  # Ctrl-C / SIGTERM go to the trainer, which stops cleanly and closes its workers
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if video_dir is not None and index == 0:
             env = make_env(scenario, targets, reward_transform, render_mode="rgb_array")
             return RecordVideo(env, video_dir, disable_logger=True)

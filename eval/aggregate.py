@@ -1,0 +1,480 @@
+"""Aggregate a folder of training runs into figures and tables, with rliable's statistics.
+
+    python eval/aggregate.py [RUNS_DIR] --out results/
+
+A run is any folder under RUNS_DIR holding a ``config.json`` (keys ``env``, ``method``, ``seed``,
+``total_timesteps``) and TensorBoard event files with the scalar ``charts/episodic_return`` (the
+true episodic return, logged at the global step at which each episode ended).
+
+- Final score of a run: the mean true return of the episodes that ended in the last
+  ``--final-fraction`` (default 10%) of the run's logged steps, i.e. at a step >= (1 - fraction) x L,
+  where L is the step of the run's last logged episode.
+- Normalised per scenario, ``(R - R_random) / (R_max - R_random)``, with the constants of
+  ``NORMALISATION`` below.
+- IQM, mean, median and optimality gap over scenarios x seeds with stratified-bootstrap 95% CIs
+  (rliable ``get_interval_estimates``, ``--reps`` replications), per method. As in rliable, the
+  median is the median over scenarios of the mean over seeds, the optimality gap is
+  ``1 - mean(min(score, 1))``. Probability of improvement of every method over ``--baseline``:
+  P(X > Y) per scenario (ties count 1/2), averaged over scenarios, with CIs from rliable's stratified
+  independent bootstrap.
+- Resumed runs: the training script reopens its writer with ``purge_step``, and TensorBoard drops
+  the episodes the first session logged from that step on, so each episode counts once.
+- Sample-efficiency curves: at ``--curve-points`` evenly spaced fractions f of each run's logged
+  steps, the mean return of the episodes that ended in the window [(f - final_fraction) x L, f x L]
+  (a running mean; the last point is the final score), normalised, then IQM with CIs over runs.
+- Attention metrics: the per-run means of ``attention_eval.json`` (key ``"means"``), when present,
+  aggregated the same way (IQM, mean, median with CIs; not normalised).
+
+Outputs in --out: ``interval_estimates.png``, ``sample_efficiency.png``,
+``probability_of_improvement.png``, ``attention.png`` (when there are attention evaluations) and
+``aggregate.csv``, every number in long format; a table is printed on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tyro  # noqa: E402
+from rliable import library as rly  # noqa: E402
+from rliable import metrics  # noqa: E402
+from scipy.stats import trim_mean  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator  # noqa: E402
+
+RETURN_TAG = "charts/episodic_return"
+ATTENTION_FILE = "attention_eval.json"
+
+# scenario: (R_random, R_max), true (untransformed) episodic returns of the project's env
+# (envs.make_env: frame skip 4, one button at a time, take_cover / defend_the_line capped at 525 steps).
+# R_random: mean return of a uniform random policy over 2000 episodes, +- its standard error. Measured
+#   with a short loop (not kept in the repo), run as `timeout 900 python measure_random.py SCENARIO 2000 1`:
+#   env = make_env(SCENARIO); env.action_space.seed(1); env.reset(seed=1); step with
+#   env.action_space.sample(), on terminated or truncated record info["episode"]["r"] and env.reset().
+# R_max: an upper bound of the return, derived per scenario below. "God mode" measurements ran the
+#   scenario's cfg in a plain vizdoom.DoomGame with "+sv_cheats 1" and the console command "god" (the
+#   player cannot die), repeating make_action(action, 4) as the env's frame skip does.
+NORMALISATION: dict[str, tuple[float, float]] = {
+    # random -162.6 +- 4.2. (The project's earlier -220 is the same measurement over only 30 episodes,
+    # seed 0: -220.2 +- 31.4.) Max 95: kill on the 2nd step (-4, then +106 kill -5 shot -2 tics); the
+    # best of 2000 random episodes, and no step-1 kill was ever seen.
+    "basic": (-162.6, 95.0),
+    # Same map script and rewards as basic (random -165.2 +- 4.2, best random episode 95).
+    "simpler_basic": (-165.2, 95.0),
+    # random -180.2 +- 3.8. Max 74: shoot on step 1 (-9), 5 steps of rocket flight (-4 each), kill step
+    # (+103, the only kill reward seen): the best of 2000 random episodes; no faster kill was seen.
+    "rocket_basic": (-180.2, 74.0),
+    # random 0.11 +- 0.02. Max 26: +1 a kill, 26 bullets (AMMO2 at reset), one shot kills, and no
+    # death penalty (-1) if alive at the 2100-tic timeout.
+    "defend_the_center": (0.11, 26.0),
+    # random 7.79 +- 0.08. Max NOT JUSTIFIED: 79 bullets (AMMO2 at reset) bound the kills (+1 each), but
+    # respawned monsters need several shots, so 79 is loose; no tight bound was found.
+    "defend_the_line": (7.79, 79.0),
+    # random 388.9 +- 2.4. Max 2100: +1 a tic alive for the 2100-tic timeout; measured with god mode on
+    # (standing still until the timeout returns exactly 2100.0).
+    "health_gathering": (388.9, 2100.0),
+    # random 307.4 +- 1.4. Max 2100, as health_gathering (god mode: 2100.0).
+    "health_gathering_supreme": (307.4, 2100.0),
+    # random 288.9 +- 3.2. Max 2100: +1 a tic alive, the env caps episodes at 525 steps = 2100 tics.
+    "take_cover": (288.9, 2100.0),
+    # random -89.3 +- 0.8. Max 2277.8: running straight to the vest with god mode on (the episode ends
+    # at the vest after 43 steps, same return for 3 seeds); the distance reward is all there is.
+    "deadly_corridor": (-89.3, 2277.8),
+    # random -0.06 +- 0.01. Max 1: +1 at the vest, minus a -0.0001 a tic living reward (bound, not reached).
+    "my_way_home": (-0.06, 1.0),
+    # random 0.01 +- 0.01. Max 1: +1 for the kill, minus -0.001 a tic (bound, not reached).
+    "predict_position": (0.01, 1.0),
+}
+
+SCORE_AGGREGATES = ("IQM", "mean", "median", "optimality gap")
+ATTENTION_AGGREGATES = ("IQM", "mean", "median")
+
+
+@dataclass
+class Args:
+    """Aggregate training runs into figures, a CSV and a table. A run's final score is the mean true
+    return of the episodes that ended in the last --final-fraction of its logged steps, normalised per
+    scenario as (R - R_random) / (R_max - R_random); IQM, mean, median and optimality gap with
+    stratified-bootstrap 95% CIs (rliable), probability of improvement over --baseline,
+    sample-efficiency curves."""
+
+    runs_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUNS_DIR")] = "runs"
+    """folder searched recursively for runs (folders holding a config.json)"""
+    out: str = "results"
+    """folder the figures and aggregate.csv are written to"""
+    final_fraction: float = 0.1
+    """final score = mean return of the episodes that ended in this last fraction of a run's logged steps"""
+    reps: int = 50000
+    """bootstrap replications of each interval estimate"""
+    curve_points: int = 20
+    """number of evenly spaced points of the sample-efficiency curves"""
+    baseline: str = "vanilla"
+    """method that the others are compared with by probability of improvement"""
+    seed: int = 0
+    """seed of numpy's global generator, set before each bootstrap (rliable draws its resamples from it)"""
+
+
+@dataclass
+class Run:
+    path: Path
+    env: str
+    method: str
+    seed: int
+    total_timesteps: int
+    steps: np.ndarray
+    """global step at which each episode ended, ascending"""
+    returns: np.ndarray
+    """true return of each episode"""
+    attention: dict[str, float] = field(default_factory=dict)
+
+
+def find_run_dirs(runs_dir: Path) -> list[Path]:
+    if not runs_dir.is_dir():
+        raise SystemExit(f"no runs found: {runs_dir.resolve()} is not a folder")
+    dirs = sorted(p.parent for p in runs_dir.rglob("config.json"))
+    if not dirs:
+        raise SystemExit(f"no runs found: no folder under {runs_dir.resolve()} holds a config.json")
+    return dirs
+
+
+def read_episodic_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, returns) of every ``charts/episodic_return`` scalar in the folder's event files."""
+    accumulator = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})  # 0: keep every scalar
+    accumulator.Reload()
+    if RETURN_TAG not in accumulator.Tags()["scalars"]:
+        return np.zeros(0, np.int64), np.zeros(0)
+    events = sorted(accumulator.Scalars(RETURN_TAG), key=lambda e: e.step)
+    return np.array([e.step for e in events], np.int64), np.array([e.value for e in events], np.float64)
+
+
+def load_run(run_dir: Path) -> Run:
+    config_path = run_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"cannot read {config_path}: {error}")
+    missing = [key for key in ("env", "method", "seed", "total_timesteps") if key not in config]
+    if missing:
+        raise SystemExit(f"{config_path} lacks the key(s) {', '.join(missing)}")
+    steps, returns = read_episodic_returns(run_dir)
+    if len(returns) == 0:
+        raise SystemExit(f"run {run_dir} has no '{RETURN_TAG}' scalars in its TensorBoard event files")
+    attention = {}
+    attention_path = run_dir / ATTENTION_FILE
+    if attention_path.exists():
+        try:
+            means = json.loads(attention_path.read_text())["means"]
+            attention = {k: float(v) for k, v in means.items() if v is not None}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise SystemExit(f"cannot read the per-run means ('means') of {attention_path}: {error!r}")
+        # NaN (or null): no frame with a target, or only all-zero maps; such a run has no value to aggregate
+        undefined = sorted(k for k, v in attention.items() if not np.isfinite(v))
+        if undefined:
+            print(f"note: {attention_path} has no value for {', '.join(undefined)}; left out", flush=True)
+            attention = {k: v for k, v in attention.items() if np.isfinite(v)}
+    return Run(run_dir, str(config["env"]), str(config["method"]), int(config["seed"]),
+               int(config["total_timesteps"]), steps, returns, attention)
+
+
+def load_runs(runs_dir: Path) -> list[Run]:
+    dirs = find_run_dirs(runs_dir)
+    print(f"reading {len(dirs)} run(s) under {runs_dir} ...", flush=True)
+    runs = [load_run(d) for d in dirs]
+    seen: dict[tuple[str, str, int], Path] = {}
+    for run in runs:
+        key = (run.method, run.env, run.seed)
+        if key in seen:
+            raise SystemExit(f"two runs of method '{run.method}' on '{run.env}' with seed {run.seed}: "
+                             f"{seen[key]} and {run.path}")
+        seen[key] = run.path
+    unknown = sorted({run.env for run in runs} - set(NORMALISATION))
+    if unknown:
+        raise SystemExit(f"scenario(s) {', '.join(unknown)} not in the normalisation table; "
+                         f"known: {', '.join(NORMALISATION)}")
+    return runs
+
+
+def windowed_mean_returns(steps: np.ndarray, returns: np.ndarray, fractions: np.ndarray, window: float) -> np.ndarray:
+    """Mean return of the episodes that ended in [(f - window) x L, f x L] for each fraction f, with L
+    the last logged step; NaN where no episode ended in a window."""
+    last = steps[-1]
+    values = np.full(len(fractions), np.nan)
+    for i, f in enumerate(fractions):
+        in_window = (steps >= (f - window) * last) & (steps <= f * last)
+        if in_window.any():
+            values[i] = returns[in_window].mean()
+    return values
+
+
+def final_return(run: Run, fraction: float) -> float:
+    return float(windowed_mean_returns(run.steps, run.returns, np.array([1.0]), fraction)[0])
+
+
+def normalise(value, env: str):
+    random_return, max_return = NORMALISATION[env]
+    return (value - random_return) / (max_return - random_return)
+
+
+def ordered_methods(methods, baseline: str) -> list[str]:
+    return sorted(set(methods), key=lambda m: (m != baseline, m))
+
+
+def score_matrices(
+    runs: list[Run], value: Callable[[Run], np.ndarray], what: str, baseline: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """{method: array (seeds, scenarios, ...)} of ``value(run)``, rows sorted by seed, and the scenarios.
+
+    Every method must have the same number of seeds on every scenario (stratified bootstrap resamples
+    seeds within each scenario; comparing methods on unequal seeds or scenarios would mislead).
+    """
+    methods = ordered_methods((r.method for r in runs), baseline)
+    scenarios = sorted({r.env for r in runs})
+    cells = {(m, s): sorted((r for r in runs if r.method == m and r.env == s), key=lambda r: r.seed)
+             for m in methods for s in scenarios}
+    (most_method, most_scenario), most = max(((k, len(v)) for k, v in cells.items()), key=lambda kv: kv[1])
+    short = [f"'{m}' has {len(v)} on '{s}'" for (m, s), v in cells.items() if len(v) < most]
+    if short:
+        raise SystemExit(f"unequal seeds ({what}): every method needs as many seeds on every scenario as "
+                         f"'{most_method}' has on '{most_scenario}' ({most}), but " + "; ".join(short))
+    matrices = {m: np.stack([np.stack([value(r) for r in cells[m, s]]) for s in scenarios], axis=1) for m in methods}
+    return matrices, scenarios
+
+
+def score_aggregates(scores: np.ndarray) -> np.ndarray:
+    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores),
+                     metrics.aggregate_median(scores), metrics.aggregate_optimality_gap(scores)])
+
+
+def attention_aggregates(scores: np.ndarray) -> np.ndarray:
+    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores), metrics.aggregate_median(scores)])
+
+
+def iqm_over_steps(scores: np.ndarray) -> np.ndarray:
+    """IQM over runs x scenarios at each step of a (seeds, scenarios, steps) array."""
+    return trim_mean(scores.reshape(-1, scores.shape[-1]), 0.25, axis=0)
+
+
+def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> float:
+    """P(X > Y) per scenario, ties counting 1/2, averaged over scenarios.
+
+    The same number as rliable's ``metrics.probability_of_improvement`` (Mann-Whitney U / (n_x n_y)),
+    computed for all scenarios at once: rliable's per-scenario scipy calls took minutes per pair at
+    50,000 bootstrap reps.
+    """
+    x, y = scores_x[:, None, :], scores_y[None, :, :]
+    return float(np.mean(np.mean(x > y, axis=(0, 1)) + 0.5 * np.mean(x == y, axis=(0, 1))))
+
+
+def interval_estimates(score_dict: dict, func: Callable, reps: int, seed: int, what: str) -> tuple[dict, dict]:
+    """rliable's stratified-bootstrap point and 95% interval estimates, reproducible for a seed."""
+    print(f"bootstrapping {what} ({reps} reps) ...", end=" ", flush=True)
+    start = time.perf_counter()
+    # rliable draws its resampling indices from numpy's global generator, not from its random_state.
+    np.random.seed(seed)
+    points, intervals = rly.get_interval_estimates(score_dict, func, reps=reps)
+    print(f"{time.perf_counter() - start:.0f} s", flush=True)
+    return points, intervals
+
+
+def estimate_rows(quantity: str, names, points: dict, intervals: dict) -> list[dict]:
+    rows = []
+    for method, point in points.items():
+        point = np.atleast_1d(point)
+        low, high = np.asarray(intervals[method]).reshape(2, -1)
+        for i, name in enumerate(names):
+            rows.append(dict(quantity=quantity, metric=name, method=method, point=float(point[i]),
+                             ci_low=float(low[i]), ci_high=float(high[i])))
+    return rows
+
+
+def plot_intervals(path: Path, points: dict, intervals: dict, names, title: str, xlabel: str, colors: dict) -> None:
+    """One panel per metric: a bar for each method's CI, a black tick at its point estimate."""
+    methods = list(points)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 1.3 + 0.45 * len(methods)), squeeze=False)
+    for i, (ax, name) in enumerate(zip(axes[0], names)):
+        for j, method in enumerate(methods):
+            low, high = intervals[method][:, i]
+            ax.barh(j, high - low, left=low, height=0.6, color=colors[method], alpha=0.7)
+            ax.vlines(points[method][i], j - 0.3, j + 0.3, color="k")
+        ax.set_yticks(range(len(methods)), methods if i == 0 else [""] * len(methods))
+        ax.set_ylim(len(methods) - 0.4, -0.6)  # first method on top
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(
+    path: Path, x: np.ndarray, points: dict, intervals: dict, xlabel: str, title: str, colors: dict
+) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, y in points.items():
+        low, high = intervals[method]
+        ax.plot(x, y, marker="o", markersize=3, color=colors[method], label=method)
+        ax.fill_between(x, low, high, color=colors[method], alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("IQM normalised return")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_probability_of_improvement(path: Path, points: dict, intervals: dict, baseline: str, colors: dict) -> None:
+    methods = list(points)
+    fig, ax = plt.subplots(figsize=(6.5, 1.6 + 0.5 * len(methods)))
+    for j, method in enumerate(methods):
+        low, high = np.ravel(intervals[method])
+        ax.barh(j, high - low, left=low, height=0.6, color=colors[method], alpha=0.7)
+        ax.vlines(points[method], j - 0.3, j + 0.3, color="k")
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(methods)), [f"P({m} > {baseline})" for m in methods])
+    ax.set_xlim(0, 1)
+    ax.set_ylim(len(methods) - 0.4, -0.6)
+    ax.set_xlabel("probability of improvement (point, 95% CI)")
+    ax.set_title(f"Probability of improvement over {baseline}\n(normalised final score)")
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def aggregate_final_scores(runs: list[Run], args: Args, out: Path, colors: dict) -> list[dict]:
+    """Per-run final returns, their aggregates with CIs, probability of improvement; figures."""
+    rows = []
+    for run in runs:
+        value = final_return(run, args.final_fraction)
+        for quantity, point in (("final_return", value), ("normalised_score", normalise(value, run.env))):
+            rows.append(dict(quantity=quantity, metric="run", method=run.method, scenario=run.env, seed=run.seed,
+                             point=point))
+    scores, scenarios = score_matrices(runs, lambda r: normalise(final_return(r, args.final_fraction), r.env),
+                                       "final scores", args.baseline)
+    seeds = next(iter(scores.values())).shape[0]
+    print(f"{len(scores)} method(s) x {len(scenarios)} scenario(s) ({', '.join(scenarios)}) x {seeds} seed(s)")
+    points, intervals = interval_estimates(scores, score_aggregates, args.reps, args.seed,
+                                           "IQM, mean, median, optimality gap of the normalised final scores")
+    rows += estimate_rows("normalised_score", SCORE_AGGREGATES, points, intervals)
+    plot_intervals(out / "interval_estimates.png", points, intervals, SCORE_AGGREGATES,
+                   f"Normalised final score: point and 95% stratified-bootstrap CI "
+                   f"({len(scenarios)} scenarios x {seeds} seeds)",
+                   "normalised score", colors)
+
+    if args.baseline not in scores or len(scores) < 2:
+        print(f"no probability of improvement: it needs method '{args.baseline}' (--baseline) and another")
+        return rows
+    pairs = {m: [scores[m], scores[args.baseline]] for m in scores if m != args.baseline}
+    points, intervals = interval_estimates(pairs, probability_of_improvement, args.reps, args.seed,
+                                           f"probability of improvement over '{args.baseline}'")
+    rows += estimate_rows("normalised_score", [f"probability_of_improvement_over_{args.baseline}"], points, intervals)
+    plot_probability_of_improvement(out / "probability_of_improvement.png", points, intervals, args.baseline, colors)
+    return rows
+
+
+def aggregate_curves(runs: list[Run], args: Args, out: Path, colors: dict) -> list[dict]:
+    """IQM of the normalised running-mean return at evenly spaced fractions of training, with CIs."""
+    fractions = np.arange(1, args.curve_points + 1) / args.curve_points
+    curves, scenarios = score_matrices(
+        runs, lambda r: normalise(windowed_mean_returns(r.steps, r.returns, fractions, args.final_fraction), r.env),
+        "sample-efficiency curves", args.baseline)
+    complete = ~np.any([np.isnan(c).any(axis=(0, 1)) for c in curves.values()], axis=0)
+    if not complete.any():
+        print("no sample-efficiency curves: no point where every run had finished an episode")
+        return []
+    if not complete.all():
+        print(f"sample-efficiency curves: dropping {np.sum(~complete)} early point(s) where a run had no episode yet")
+    totals = {r.total_timesteps for r in runs}
+    if len(totals) == 1:
+        x, xlabel = fractions[complete] * totals.pop(), "environment steps"
+    else:
+        x, xlabel = fractions[complete] * 100, "% of training (runs have different total_timesteps)"
+    points, intervals = interval_estimates({m: c[:, :, complete] for m, c in curves.items()}, iqm_over_steps,
+                                           args.reps, args.seed, f"IQM sample-efficiency curves at {len(x)} points")
+    rows = [dict(quantity="normalised_score_curve", metric="IQM", method=m, step=float(step), point=float(points[m][i]),
+                 ci_low=float(intervals[m][0, i]), ci_high=float(intervals[m][1, i]))
+            for m in points for i, step in enumerate(x)]
+    seeds = next(iter(curves.values())).shape[0]
+    plot_curves(out / "sample_efficiency.png", x, points, intervals, xlabel,
+                f"Sample efficiency: IQM over {len(scenarios)} scenarios x {seeds} seeds, 95% CIs\n"
+                f"(return: mean of the episodes ending in the preceding {args.final_fraction:.0%} of steps)", colors)
+    return rows
+
+
+def aggregate_attention(runs: list[Run], args: Args, out: Path, colors: dict) -> list[dict]:
+    """Per-run attention metrics of attention_eval.json, aggregated like the scores (not normalised)."""
+    names = sorted({name for r in runs for name in r.attention})
+    rows, iqm_points, iqm_intervals = [], {}, {}
+    for name in names:
+        evaluated = [r for r in runs if name in r.attention]
+        rows += [dict(quantity=name, metric="run", method=r.method, scenario=r.env, seed=r.seed,
+                      point=r.attention[name]) for r in evaluated]
+        matrices, _ = score_matrices(evaluated, lambda r: np.float64(r.attention[name]),
+                                     f"attention metric '{name}' of {ATTENTION_FILE}", args.baseline)
+        points, intervals = interval_estimates(matrices, attention_aggregates, args.reps, args.seed,
+                                               f"IQM, mean, median of attention metric '{name}'")
+        rows += estimate_rows(name, ATTENTION_AGGREGATES, points, intervals)
+        iqm_points[name] = {m: p[0] for m, p in points.items()}
+        iqm_intervals[name] = {m: i[:, 0] for m, i in intervals.items()}
+    if names:
+        methods = [m for m in colors if any(m in p for p in iqm_points.values())]
+        nan2 = np.full(2, np.nan)  # a method without this metric: no bar
+        plot_intervals(out / "attention.png",
+                       {m: [iqm_points[n].get(m, np.nan) for n in names] for m in methods},
+                       {m: np.array([iqm_intervals[n].get(m, nan2) for n in names]).T for m in methods}, names,
+                       "Attention metrics: IQM over scenarios x seeds, point and 95% CI", "IQM", colors)
+    return rows
+
+
+def print_tables(rows: list[dict]) -> None:
+    table = pd.DataFrame([r for r in rows if "ci_low" in r and r["quantity"] != "normalised_score_curve"])
+    table["cell"] = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in zip(table.point, table.ci_low, table.ci_high)]
+    for quantity, part in table.groupby("quantity", sort=False):
+        is_improvement = part.metric.str.startswith("probability_of_improvement")
+        for cells, title in ((part[~is_improvement], ""), (part[is_improvement], ", probability of improvement")):
+            if len(cells):
+                print(f"\n{quantity}{title}, point [95% CI]:")
+                table_ = cells.pivot(index="method", columns="metric", values="cell")
+                print(table_.reindex(index=cells.method.unique(), columns=cells.metric.unique()).to_string())
+
+
+def main(args: Args) -> None:
+    if not 0 < args.final_fraction <= 1:
+        raise SystemExit(f"--final-fraction must be in (0, 1], got {args.final_fraction}")
+    if args.reps < 1 or args.curve_points < 1:
+        raise SystemExit(f"--reps and --curve-points must be >= 1, got {args.reps} and {args.curve_points}")
+    runs = load_runs(Path(args.runs_dir))
+    for run in runs:
+        if run.steps[-1] < (1 - args.final_fraction) * run.total_timesteps:
+            print(f"warning: run {run.path} logged returns only up to step {run.steps[-1]} of its "
+                  f"{run.total_timesteps}; its final score comes from there", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = ordered_methods((r.method for r in runs), args.baseline)
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    rows = [dict(quantity="normaliser", metric=name, scenario=env, point=value)
+            for env in sorted({r.env for r in runs}) for name, value in zip(("R_random", "R_max"), NORMALISATION[env])]
+    rows += aggregate_final_scores(runs, args, out, colors)
+    rows += aggregate_curves(runs, args, out, colors)
+    rows += aggregate_attention(runs, args, out, colors)
+    csv_path = out / "aggregate.csv"
+    pd.DataFrame(rows, columns=["quantity", "metric", "method", "scenario", "seed", "step", "point", "ci_low",
+                                "ci_high"]).to_csv(csv_path, index=False)
+    print_tables(rows)
+    print(f"\nwrote {csv_path} and the figures in {out}/")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

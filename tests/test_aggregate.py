@@ -1,0 +1,272 @@
+"""eval/aggregate.py on synthetic runs written as real TensorBoard event files."""
+
+import json
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from rliable import library as rly
+from rliable import metrics
+from scipy.stats import trim_mean
+from torch.utils.tensorboard import SummaryWriter
+
+from eval.aggregate import (NORMALISATION, Args, final_return, load_runs, main, probability_of_improvement,
+                            windowed_mean_returns)
+
+METHODS = ("vanilla", "camal")
+SCENARIOS = ("basic", "defend_the_center")
+SEEDS = (1, 2, 3)
+TOTAL_TIMESTEPS = 10_000
+REPS = 200
+SEED = 7
+
+
+def write_run(root, env, method, seed, steps, returns, attention=None, tag="charts/episodic_return"):
+    run_dir = root / f"{env}__{method}__{seed}__123"
+    writer = SummaryWriter(log_dir=str(run_dir))
+    for step, value in zip(steps, returns):
+        writer.add_scalar(tag, value, global_step=int(step))
+    writer.close()
+    config = dict(env=env, method=method, seed=seed, total_timesteps=TOTAL_TIMESTEPS, exp_name=method)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    if attention is not None:
+        (run_dir / "attention_eval.json").write_text(json.dumps({"means": attention, "frames": 100}))
+    return run_dir
+
+
+def synthetic_history(env, method, seed):
+    """(steps, returns): episodes ending at irregular steps, returns rising over training."""
+    rng = np.random.default_rng(zlib.crc32(f"{env} {method} {seed}".encode()))
+    steps = np.sort(rng.choice(np.arange(1, TOTAL_TIMESTEPS), size=120, replace=False))
+    low, high = NORMALISATION[env]
+    skill = 0.6 + 0.2 * (method == "camal") + 0.1 * rng.standard_normal()
+    noise = 0.05 * rng.standard_normal(len(steps))
+    returns = low + (high - low) * (skill * steps / TOTAL_TIMESTEPS + noise)
+    return steps, returns
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Runs of METHODS x SCENARIOS x SEEDS, aggregated once; returns the histories and the outputs."""
+    root = tmp_path_factory.mktemp("runs")
+    histories = {}
+    for env in SCENARIOS:
+        for method in METHODS:
+            for seed in SEEDS:
+                steps, returns = synthetic_history(env, method, seed)
+                attention = {"relevance_mass": 0.3 + 0.1 * seed + 0.2 * (method == "camal"), "pointing_game": 0.5}
+                write_run(root / env, env, method, seed, steps, returns, attention)
+                histories[env, method, seed] = steps, returns
+    out = tmp_path_factory.mktemp("results")
+    main(Args(runs_dir=str(root), out=str(out), reps=REPS, seed=SEED, curve_points=10))
+    return dict(root=root, out=out, histories=histories, csv=pd.read_csv(out / "aggregate.csv"))
+
+
+def expected_final_return(steps, returns, fraction=0.1):
+    return returns[steps >= (1 - fraction) * steps[-1]].mean()
+
+
+def normalised_matrix(study, method):
+    """(seeds, scenarios) normalised final scores computed directly from the written histories."""
+    return np.array([[(expected_final_return(*study["histories"][env, method, seed]) - NORMALISATION[env][0])
+                      / (NORMALISATION[env][1] - NORMALISATION[env][0]) for env in SCENARIOS] for seed in SEEDS])
+
+
+def aggregate_row(csv, quantity, metric, method):
+    row = csv[(csv.quantity == quantity) & (csv.metric == metric) & (csv.method == method)]
+    assert len(row) == 1, (quantity, metric, method)
+    return row.iloc[0]
+
+
+def test_final_return_is_mean_of_last_tenth_of_logged_steps(study):
+    runs = load_runs(study["root"])
+    assert len(runs) == len(METHODS) * len(SCENARIOS) * len(SEEDS)
+    for run in runs:
+        steps, returns = study["histories"][run.env, run.method, run.seed]
+        np.testing.assert_array_equal(run.steps, steps)
+        np.testing.assert_allclose(run.returns, returns, rtol=1e-6)  # event files store float32
+        assert final_return(run, 0.1) == pytest.approx(expected_final_return(steps, returns), rel=1e-6)
+        assert final_return(run, 0.25) == pytest.approx(expected_final_return(steps, returns, 0.25), rel=1e-6)
+        assert run.attention["pointing_game"] == 0.5
+
+
+def test_windowed_mean_returns_on_known_values():
+    steps = np.array([10, 20, 30, 40, 50, 60, 70, 80, 90, 100])
+    returns = np.arange(10.0)
+    values = windowed_mean_returns(steps, returns, np.array([0.05, 0.5, 1.0]), window=0.2)
+    assert np.isnan(values[0])  # no episode ended by step 5
+    assert values[1] == pytest.approx(np.mean([2.0, 3.0, 4.0]))  # steps 30..50
+    assert values[2] == pytest.approx(np.mean([7.0, 8.0, 9.0]))  # steps 80..100
+
+
+def test_per_run_scores_in_csv(study):
+    csv = study["csv"]
+    for (env, method, seed), (steps, returns) in study["histories"].items():
+        rows = csv[(csv.metric == "run") & (csv.method == method) & (csv.scenario == env) & (csv.seed == seed)]
+        raw = rows[rows.quantity == "final_return"].point.item()
+        assert raw == pytest.approx(expected_final_return(steps, returns), rel=1e-6)
+        normalised = rows[rows.quantity == "normalised_score"].point.item()
+        low, high = NORMALISATION[env]
+        assert normalised == pytest.approx((raw - low) / (high - low))
+
+
+def test_point_estimates_match_direct_computation(study):
+    for method in METHODS:
+        x = normalised_matrix(study, method)
+        expected = {"IQM": trim_mean(x.ravel(), 0.25), "mean": x.mean(),
+                    # rliable's median is the median over scenarios of the mean over seeds
+                    "median": np.median(x.mean(axis=0)), "optimality gap": 1 - np.minimum(x, 1).mean()}
+        for metric, value in expected.items():
+            row = aggregate_row(study["csv"], "normalised_score", metric, method)
+            assert row.point == pytest.approx(value, rel=1e-5)
+
+
+def test_intervals_match_a_direct_rliable_call(study):
+    scores = {method: normalised_matrix(study, method) for method in METHODS}  # vanilla first, as in main
+
+    def aggregates(x):
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x), metrics.aggregate_median(x),
+                         metrics.aggregate_optimality_gap(x)])
+
+    np.random.seed(SEED)
+    _, intervals = rly.get_interval_estimates(scores, aggregates, reps=REPS)
+    for method in METHODS:
+        for i, metric in enumerate(["IQM", "mean", "median", "optimality gap"]):
+            row = aggregate_row(study["csv"], "normalised_score", metric, method)
+            assert row.ci_low == pytest.approx(intervals[method][0, i], rel=1e-5)
+            assert row.ci_high == pytest.approx(intervals[method][1, i], rel=1e-5)
+            assert row.ci_low <= row.point <= row.ci_high
+        assert intervals[method][0, 0] < intervals[method][1, 0]  # a real interval, not a point
+
+
+def test_probability_of_improvement_matches_rliable(study):
+    camal, vanilla = normalised_matrix(study, "camal"), normalised_matrix(study, "vanilla")
+    np.random.seed(SEED)
+    points, intervals = rly.get_interval_estimates({"camal,vanilla": [camal, vanilla]},
+                                                   metrics.probability_of_improvement, reps=REPS)
+    row = aggregate_row(study["csv"], "normalised_score", "probability_of_improvement_over_vanilla", "camal")
+    assert row.point == pytest.approx(metrics.probability_of_improvement(camal, vanilla))
+    assert row.point == pytest.approx(float(points["camal,vanilla"]))
+    assert (row.ci_low, row.ci_high) == pytest.approx(tuple(np.ravel(intervals["camal,vanilla"])))
+
+
+def test_probability_of_improvement_equals_rliables_function():
+    rng = np.random.default_rng(0)
+    for shape_x, shape_y in (((5, 4), (5, 4)), ((3, 2), (6, 2))):
+        x = rng.integers(0, 4, shape_x).astype(float)  # small integers: many ties
+        y = rng.integers(0, 4, shape_y).astype(float)
+        assert probability_of_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y))
+    assert probability_of_improvement(x, x) == 0.5
+
+
+def test_sample_efficiency_curve(study):
+    csv = study["csv"]
+    for method in METHODS:
+        curve = csv[(csv.quantity == "normalised_score_curve") & (csv.method == method)].sort_values("step")
+        assert len(curve) == 10
+        # the last point's window is the final-score window, so it is the IQM of the final scores
+        assert curve.point.iloc[-1] == pytest.approx(aggregate_row(csv, "normalised_score", "IQM", method).point)
+        assert curve.step.iloc[-1] == TOTAL_TIMESTEPS
+        # halfway: episodes that ended in [0.4 L, 0.5 L], L the run's last logged step
+        halfway = []
+        for env in SCENARIOS:
+            for seed in SEEDS:
+                steps, returns = study["histories"][env, method, seed]
+                window = (steps >= 0.4 * steps[-1]) & (steps <= 0.5 * steps[-1])
+                low, high = NORMALISATION[env]
+                halfway.append((returns[window].mean() - low) / (high - low))
+        assert curve.point.iloc[4] == pytest.approx(trim_mean(halfway, 0.25), rel=1e-5)
+        assert np.all(curve.ci_low <= curve.point + 1e-9) and np.all(curve.point <= curve.ci_high + 1e-9)
+
+
+def test_attention_metrics_aggregated(study):
+    csv = study["csv"]
+    for method in METHODS:
+        masses = [0.3 + 0.1 * seed + 0.2 * (method == "camal") for env in SCENARIOS for seed in SEEDS]
+        assert aggregate_row(csv, "relevance_mass", "IQM", method).point == pytest.approx(trim_mean(masses, 0.25))
+        assert aggregate_row(csv, "relevance_mass", "mean", method).point == pytest.approx(np.mean(masses))
+        assert aggregate_row(csv, "pointing_game", "median", method).point == pytest.approx(0.5)
+
+
+def test_outputs_written(study, capsys):
+    for name in ("interval_estimates.png", "sample_efficiency.png", "probability_of_improvement.png", "attention.png"):
+        path = study["out"] / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert path.stat().st_size > 10_000, name
+    assert list(study["csv"].columns) == ["quantity", "metric", "method", "scenario", "seed", "step", "point",
+                                          "ci_low", "ci_high"]
+
+
+def test_table_printed(tmp_path, capsys):
+    steps, returns = synthetic_history("basic", "vanilla", 1)
+    for method in METHODS:
+        write_run(tmp_path / "runs", "basic", method, 1, steps, returns)
+    main(Args(runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "out"), reps=20))
+    printed = capsys.readouterr().out
+    assert "normalised final score" in printed and "IQM" in printed and "camal" in printed and "vanilla" in printed
+
+
+def run_main_expecting_exit(tmp_path, runs_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        main(Args(runs_dir=str(runs_dir), out=str(tmp_path / "out"), reps=20))
+    message = str(exit_info.value.code)
+    assert exit_info.value.code not in (0, None)
+    return message
+
+
+def test_error_no_runs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    message = run_main_expecting_exit(tmp_path, tmp_path / "empty")
+    assert "no runs found" in message and str(tmp_path / "empty") in message
+    assert "not a folder" in run_main_expecting_exit(tmp_path, tmp_path / "missing")
+
+
+def test_error_run_without_returns(tmp_path):
+    steps, returns = synthetic_history("basic", "vanilla", 1)
+    write_run(tmp_path / "runs", "basic", "vanilla", 1, steps, returns)
+    bad = write_run(tmp_path / "runs", "basic", "vanilla", 2, steps, returns, tag="losses/value_loss")
+    message = run_main_expecting_exit(tmp_path, tmp_path / "runs")
+    assert str(bad) in message and "charts/episodic_return" in message
+
+
+def test_error_unequal_seeds(tmp_path):
+    for method, seeds in (("vanilla", (1, 2, 3)), ("camal", (1, 2))):
+        for seed in seeds:
+            write_run(tmp_path / "runs", "basic", method, seed, *synthetic_history("basic", method, seed))
+    message = run_main_expecting_exit(tmp_path, tmp_path / "runs")
+    assert "'camal' has 2 on 'basic'" in message and "'vanilla'" in message and "(3)" in message
+
+
+def test_error_method_missing_a_scenario(tmp_path):
+    for env, method in (("basic", "vanilla"), ("basic", "camal"), ("defend_the_center", "vanilla")):
+        write_run(tmp_path / "runs", env, method, 1, *synthetic_history(env, method, 1))
+    message = run_main_expecting_exit(tmp_path, tmp_path / "runs")
+    assert "'camal' has 0 on 'defend_the_center'" in message
+
+
+def test_error_unknown_scenario(tmp_path):
+    write_run(tmp_path / "runs", "my_new_map", "vanilla", 1, *synthetic_history("basic", "vanilla", 1))
+    message = run_main_expecting_exit(tmp_path, tmp_path / "runs")
+    assert "my_new_map" in message and "basic" in message and "take_cover" in message
+
+
+def test_error_duplicate_seed(tmp_path):
+    steps, returns = synthetic_history("basic", "vanilla", 1)
+    write_run(tmp_path / "runs" / "a", "basic", "vanilla", 1, steps, returns)
+    write_run(tmp_path / "runs" / "b", "basic", "vanilla", 1, steps, returns)
+    assert "seed 1" in run_main_expecting_exit(tmp_path, tmp_path / "runs")
+
+
+def test_resumed_run_keeps_only_the_resumed_history(tmp_path):
+    """A resumed run (agents/ppo_camal.py --resume) writes a second event file with purge_step: episodes
+    the first file logged at or after that step are dropped, not counted twice."""
+    run_dir = write_run(tmp_path, "basic", "vanilla", 1, range(100, 1001, 100), [1.0] * 10)
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=600, filename_suffix=".resumed")
+    for step in range(600, 1001, 100):
+        writer.add_scalar("charts/episodic_return", 2.0, global_step=step)
+    writer.close()
+    (run,) = load_runs(tmp_path)
+    np.testing.assert_array_equal(run.steps, np.arange(100, 1001, 100))
+    np.testing.assert_array_equal(run.returns, [1.0] * 5 + [2.0] * 5)
+    assert final_return(run, 0.1) == 2.0
