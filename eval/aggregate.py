@@ -121,6 +121,8 @@ class Args:
     """method that the others are compared with by probability of improvement"""
     seed: int = 0
     """seed of numpy's global generator, set before each bootstrap (rliable draws its resamples from it)"""
+    attention: bool = True
+    """also aggregate the attention metrics of attention_eval.json files (--no-attention: returns only)"""
 
 
 @dataclass
@@ -468,7 +470,8 @@ def main(args: Args) -> None:
             for env in sorted({r.env for r in runs}) for name, value in zip(("R_random", "R_max"), NORMALISATION[env])]
     rows += aggregate_final_scores(runs, args, out, colors)
     rows += aggregate_curves(runs, args, out, colors)
-    rows += aggregate_attention(runs, args, out, colors)
+    if args.attention:
+        rows += aggregate_attention(runs, args, out, colors)
     csv_path = out / "aggregate.csv"
     pd.DataFrame(rows, columns=["quantity", "metric", "method", "scenario", "seed", "step", "point", "ci_low",
                                 "ci_high"]).to_csv(csv_path, index=False)
