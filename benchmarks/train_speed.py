@@ -4,7 +4,9 @@
 
 1. update cost: seconds per PPO minibatch update (forward, loss, backward, Adam step) on a fixed
    batch of real frames, for each attention loss;
-2. end to end: SPS of `agents/ppo_camal.py` runs of a few iterations each, methods interleaved so
+2. rollout only: steps/s of acting (the agent's forward pass + the 8-env vector env step), against
+   the raw engine (`DoomGame.make_action`, 8 processes, same cores; benchmarks/env_throughput.py);
+3. end to end: SPS of `agents/ppo_camal.py` runs of a few iterations each, methods interleaved so
    that drift on the machine hits them alike (SPS from the run's last `charts/SPS` scalar).
 """
 
@@ -25,7 +27,8 @@ from torch.distributions.categorical import Categorical
 
 from agents.attention import camal_loss, grad_cam, rrr_loss
 from agents.ppo_camal import Agent
-from envs import make_env
+from env_throughput import raw_steps_per_second  # the sibling script (benchmarks/ is on sys.path)
+from envs import make_env, make_vector_env
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_FLAGS = {"vanilla": ["--attn-loss", "none"], "camal": ["--attn-loss", "camal"], "rrr": ["--attn-loss", "rrr"]}
@@ -45,6 +48,8 @@ class Args:
     """PPO iterations (8 envs x 128 steps each) per end-to-end run"""
     repeats: int = 2
     """end-to-end runs per method, interleaved"""
+    rollout_steps: int = 512
+    """vector steps (x 8 envs) of the rollout-only measurement"""
     cuda: bool = False
     """run on the GPU if available"""
 
@@ -103,6 +108,30 @@ def time_updates(method: str, pixels: torch.Tensor, masks: torch.Tensor, updates
     return (time.perf_counter() - start) / updates
 
 
+def rollout_sps(scenario: str, vector_steps: int, device: torch.device, num_envs: int = 8) -> float:
+    """Acting as in training: uint8 frames to the agent, sample an action, step the vector env."""
+    agent = Agent(num_actions=make_env_action_count(scenario)).to(device)
+    envs = make_vector_env(scenario, num_envs)
+    try:
+        obs, _ = envs.reset(seed=0)
+        start = time.perf_counter()
+        for _ in range(vector_steps):
+            with torch.no_grad():
+                action, _, _, _ = agent.get_action_and_value(torch.as_tensor(obs["pixels"], device=device))
+            obs, *_ = envs.step(action.cpu().numpy())
+        return num_envs * vector_steps / (time.perf_counter() - start)
+    finally:
+        envs.close()
+
+
+def make_env_action_count(scenario: str) -> int:
+    env = make_env(scenario)
+    try:
+        return int(env.action_space.n)
+    finally:
+        env.close()
+
+
 def end_to_end_sps(method: str, args: Args, runs_dir: Path) -> float:
     cmd = [sys.executable, str(ROOT / "agents/ppo_camal.py"), "--env", args.env, "--runs-dir", str(runs_dir),
            "--exp-name", f"bench-{method}-{time.time_ns()}", "--total-timesteps", str(args.iterations * 1024),
@@ -127,6 +156,11 @@ def main(args: Args) -> None:
     print(f"\nminibatch update ({args.minibatch_size} frames of {args.env}), mean of {args.updates}:")
     for method, seconds in update_seconds.items():
         print(f"  {method:8s} {seconds * 1000:8.1f} ms   x{seconds / update_seconds[args.methods[0]]:.2f} of {args.methods[0]}")
+
+    acting = rollout_sps(args.env, args.rollout_steps, device)
+    raw = raw_steps_per_second(args.env, 8, args.rollout_steps, seed=0, read_state=True)
+    print(f"\nrollout only (8 envs): {acting:.0f} steps/s; raw engine (8 processes, make_action + get_state): "
+          f"{raw:.0f} steps/s; ratio {acting / raw:.2f}", flush=True)
 
     sps: dict[str, list[float]] = {m: [] for m in args.methods}
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,6 +13,7 @@ transform) always holds the true episodic return.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 from dataclasses import dataclass
 from typing import Callable
@@ -177,6 +178,8 @@ def make_vector_env(
     """
     check_scenario(scenario)
     targets = targets_for(scenario, targets)  # validate here, not in N subprocesses
+    # each engine creates ./_vizdoom/ if missing; engines starting together can race on it and fail
+    os.makedirs("_vizdoom", exist_ok=True)
 
     def thunk(index: int) -> gym.Env:
         if asynchronous:  # Ctrl-C / SIGTERM go to the trainer, which stops cleanly and closes its workers
