@@ -73,7 +73,8 @@ REWARD_TRANSFORMS = ("scale", "clip", "none")
 
 def check_scenario(name: str) -> Scenario:
     if name not in SCENARIOS:
-        raise ValueError(f"unknown scenario '{name}'; valid: {', '.join(SCENARIOS)}")
+        playable = ", ".join(n for n in SCENARIOS if n != "deathmatch")
+        raise ValueError(f"unknown scenario '{name}'; valid: {playable}")
     if name == "deathmatch":
         raise ValueError(
             "scenario 'deathmatch' uses delta (mouse-like) buttons, which this discrete-action PPO "

@@ -1,6 +1,7 @@
 """The agent's attention, its CAMAL loss and a real (short) training run."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -182,3 +183,15 @@ def test_bad_arguments_exit_with_one_line_error(overrides, message, tmp_path):
     text = str(exit_info.value.code)
     assert message in text and "\n" not in text
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("flags, method, loss_tag", [
+    (["--attn-loss", "rrr"], "rrr", "losses/rrr_loss"),
+    (["--attn-loss", "camal", "--mask-source", "shuffled"], "camal-shuffled", "losses/camal_loss"),
+])
+def test_control_runs_are_labelled_for_aggregation(tmp_path, flags, method, loss_tag):
+    run_dir = train(tmp_path, "--env", "basic", "--total-timesteps", "128", "--no-cuda", *flags)
+    assert json.loads((run_dir / "config.json").read_text())["method"] == method
+    assert run_dir.name.startswith(f"basic__{method}__1__")
+    values = [value for _, value in scalars(run_dir, loss_tag)]
+    assert values and all(math.isfinite(v) for v in values)
