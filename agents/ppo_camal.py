@@ -33,7 +33,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.attention import MASK_SOURCES, camal_loss, grad_cam, has_target, relevance_mass, rrr_loss, training_masks
-from envs import REWARD_TRANSFORMS, SCENARIOS, check_scenario, make_vector_env
+from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env
 from masks import targets_for
 
 CHECKPOINT = "checkpoint.pt"
