@@ -118,13 +118,13 @@ class Args:
     """masks the attention loss sees: labels (true), random (same-area blobs) or shuffled (another frame's)"""
 
     # filled in at runtime
-    method: str = ""
+    method: tyro.conf.Suppress[str] = ""
     """(set at runtime) method label used by eval/aggregate.py"""
-    batch_size: int = 0
+    batch_size: tyro.conf.Suppress[int] = 0
     """(set at runtime) num_envs * num_steps"""
-    minibatch_size: int = 0
+    minibatch_size: tyro.conf.Suppress[int] = 0
     """(set at runtime) batch_size // num_minibatches"""
-    num_iterations: int = 0
+    num_iterations: tyro.conf.Suppress[int] = 0
     """(set at runtime) total_timesteps // batch_size"""
 
 
