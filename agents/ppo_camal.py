@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from agents.attention import MASK_SOURCES, camal_loss, grad_cam, has_target, relevance_mass, rrr_loss, training_masks
 from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env
-from masks import targets_for
+from masks import mask_outline, targets_for
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -234,8 +234,7 @@ def attention_images(pixels: torch.Tensor, maps: torch.Tensor, masks: torch.Tens
     """(N, 3, H, W) in [0, 1]: newest grey frame, attention in red, mask outline in green."""
     frame = pixels[:, -1].float() / 255.0
     attention = maps / (maps.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-8)
-    mask = masks.float()
-    edge = (mask - torch.nn.functional.max_pool2d(-mask.unsqueeze(1), 3, 1, 1).neg()[:, 0]).clamp(0, 1)
+    edge = torch.as_tensor(np.stack([mask_outline(m) for m in masks.cpu().numpy()]), device=frame.device).float()
     red = (0.6 * frame + 0.4 * attention).clamp(0, 1)
     green = torch.maximum(0.6 * frame, edge)
     blue = 0.6 * frame

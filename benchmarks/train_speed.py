@@ -54,7 +54,8 @@ class Args:
     """run on the GPU if available"""
 
 
-def real_frames(scenario: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def real_frames(scenario: str, count: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``count`` frames and masks of random play, and the scenario's number of actions."""
     env = make_env(scenario)
     pixels, masks = [], []
     try:
@@ -67,15 +68,16 @@ def real_frames(scenario: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
                 obs, _ = env.reset()
     finally:
         env.close()
-    return torch.as_tensor(np.stack(pixels)), torch.as_tensor(np.stack(masks)).bool()
+    return torch.as_tensor(np.stack(pixels)), torch.as_tensor(np.stack(masks)).bool(), int(env.action_space.n)
 
 
-def time_updates(method: str, pixels: torch.Tensor, masks: torch.Tensor, updates: int, device: torch.device) -> float:
+def time_updates(method: str, pixels: torch.Tensor, masks: torch.Tensor, num_actions: int, updates: int,
+                 device: torch.device) -> float:
     torch.manual_seed(0)
-    agent = Agent(num_actions=4).to(device)
+    agent = Agent(num_actions).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5)
     pixels, masks = pixels.to(device), masks.to(device)
-    actions = torch.randint(0, 4, (len(pixels),), device=device)
+    actions = torch.randint(0, num_actions, (len(pixels),), device=device)
     advantages = torch.randn(len(pixels), device=device)
 
     def update():
@@ -108,9 +110,9 @@ def time_updates(method: str, pixels: torch.Tensor, masks: torch.Tensor, updates
     return (time.perf_counter() - start) / updates
 
 
-def rollout_sps(scenario: str, vector_steps: int, device: torch.device, num_envs: int = 8) -> float:
+def rollout_sps(scenario: str, num_actions: int, vector_steps: int, device: torch.device, num_envs: int = 8) -> float:
     """Acting as in training: uint8 frames to the agent, sample an action, step the vector env."""
-    agent = Agent(num_actions=make_env_action_count(scenario)).to(device)
+    agent = Agent(num_actions).to(device)
     envs = make_vector_env(scenario, num_envs)
     try:
         obs, _ = envs.reset(seed=0)
@@ -122,14 +124,6 @@ def rollout_sps(scenario: str, vector_steps: int, device: torch.device, num_envs
         return num_envs * vector_steps / (time.perf_counter() - start)
     finally:
         envs.close()
-
-
-def make_env_action_count(scenario: str) -> int:
-    env = make_env(scenario)
-    try:
-        return int(env.action_space.n)
-    finally:
-        env.close()
 
 
 def end_to_end_sps(method: str, args: Args, runs_dir: Path) -> float:
@@ -151,13 +145,13 @@ def main(args: Args) -> None:
         sys.exit(f"error: unknown method {unknown[0]!r}; valid: {', '.join(METHOD_FLAGS)}")
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     print(f"device: {device}, torch threads: {torch.get_num_threads()}", flush=True)
-    pixels, masks = real_frames(args.env, args.minibatch_size)
-    update_seconds = {m: time_updates(m, pixels, masks, args.updates, device) for m in args.methods}
+    pixels, masks, num_actions = real_frames(args.env, args.minibatch_size)
+    update_seconds = {m: time_updates(m, pixels, masks, num_actions, args.updates, device) for m in args.methods}
     print(f"\nminibatch update ({args.minibatch_size} frames of {args.env}), mean of {args.updates}:")
     for method, seconds in update_seconds.items():
         print(f"  {method:8s} {seconds * 1000:8.1f} ms   x{seconds / update_seconds[args.methods[0]]:.2f} of {args.methods[0]}")
 
-    acting = rollout_sps(args.env, args.rollout_steps, device)
+    acting = rollout_sps(args.env, num_actions, args.rollout_steps, device)
     raw = raw_steps_per_second(args.env, 8, args.rollout_steps, seed=0, read_state=True)
     print(f"\nrollout only (8 envs): {acting:.0f} steps/s; raw engine (8 processes, make_action + get_state): "
           f"{raw:.0f} steps/s; ratio {acting / raw:.2f}", flush=True)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from agents.attention import grad_cam, has_target, normalise_maps
 from agents.ppo_camal import CHECKPOINT, CONFIG, Agent
 from envs import check_scenario, make_env
+from masks import mask_outline
 from eval.metrics import chance_levels, deletion_insertion, pointing_game, relevance_mass, relevance_rank, zero_maps
 
 RESULT_FILE = "attention_eval.json"
@@ -327,21 +328,6 @@ def metric_means(evaluation: Evaluation) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- pictures
-
-
-def erode(mask: np.ndarray) -> np.ndarray:
-    """Pixels of the mask whose 4 neighbours are all in the mask."""
-    padded = np.pad(mask, 1, constant_values=False)
-    return mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-
-
-def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
-    """Bool: the mask's pixels within ``width`` pixels of its border."""
-    mask = mask.astype(bool)
-    interior = mask
-    for _ in range(width):
-        interior = erode(interior)
-    return mask & ~interior
 
 
 def plot_curves(curves: dict[str, torch.Tensor], means: dict, steps: int, num_actions: int, path: Path) -> None:

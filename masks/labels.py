@@ -101,3 +101,13 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     resized = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
     return resized.astype(bool)
+
+
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Bool: the mask's pixels within ``width`` pixels of its border (for drawing it over a frame)."""
+    mask = mask.astype(bool)
+    interior = mask
+    for _ in range(width):
+        padded = np.pad(interior, 1, constant_values=False)
+        interior = interior & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~interior
