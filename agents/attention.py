@@ -102,8 +102,10 @@ def random_blob_masks(masks: torch.Tensor, generator: torch.Generator | None = N
     centre_c = torch.rand(batch, 1, 1, generator=generator, device=device) * width
     distance = (rows - centre_r) ** 2 + (cols - centre_c) ** 2
     distance = distance + 1e-3 * torch.rand(distance.shape, generator=generator, device=device)
-    rank = distance.flatten(1).argsort(dim=1).argsort(dim=1)
-    return (rank < areas.view(-1, 1)).view(batch, height, width).to(masks.dtype)
+    nearest_first = distance.flatten(1).argsort(dim=1)
+    inside_sorted = torch.arange(height * width, device=device).view(1, -1) < areas.view(-1, 1)
+    blob = torch.zeros_like(inside_sorted).scatter_(1, nearest_first, inside_sorted)
+    return blob.view(batch, height, width).to(masks.dtype)
 
 
 def shuffled_masks(masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
