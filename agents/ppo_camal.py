@@ -74,6 +74,8 @@ class Args:
     """learning reward: per-scenario scale (measured to learn), clip to [-1, 1] (the paper's), or none"""
     targets: str | None = None
     """override the scenario's target objects, comma-separated names or categories (e.g. Monster,Medikit)"""
+    engines_per_worker: int | None = None
+    """engines stepped by each env worker process (None: about one worker per CPU core; README, Speed)"""
 
     # PPO (CleanRL's ppo_atari defaults)
     total_timesteps: int = 100_000
@@ -81,7 +83,7 @@ class Args:
     learning_rate: float = 2.5e-4
     """the learning rate of the optimizer"""
     num_envs: int = 8
-    """the number of parallel environments (one engine process each)"""
+    """the number of parallel environments (one engine each)"""
     num_steps: int = 128
     """the number of steps per environment per rollout"""
     anneal_lr: bool = True
@@ -139,6 +141,8 @@ def check_args(args: Args) -> None:
     check_scenario(args.env)
     if args.targets is not None:
         targets_for(args.env, args.targets)
+    if args.engines_per_worker is not None and args.engines_per_worker <= 0:
+        raise ValueError(f"--engines-per-worker must be > 0 (or omitted for the default), got {args.engines_per_worker}")
     if args.camal_coef < 0:
         raise ValueError(f"--camal-coef must be >= 0, got {args.camal_coef}")
     if args.mask_source not in MASK_SOURCES:
@@ -292,7 +296,8 @@ def main(args: Args) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     envs = make_vector_env(args.env, args.num_envs, targets=args.targets, reward_transform=args.reward_transform,
-                           video_dir=f"videos/{run_name}" if args.capture_video else None)
+                           video_dir=f"videos/{run_name}" if args.capture_video else None,
+                           engines_per_worker=args.engines_per_worker)
     try:
         return train(args, run_dir, envs, device)
     finally:

@@ -1,36 +1,45 @@
 """Steps per second of the masked vector env against the bare engine, on the same cores.
 
-Both sides run N engines in parallel with random actions:
+Every setup runs N engines in parallel with random actions:
 
 - raw engine: N processes, each a ``vizdoom.DoomGame`` from the scenario's cfg with the label buffer
   on, GRAY8 at 160x120, ``make_action(action, 4)`` in a loop (measured with and without reading
-  ``get_state()``, which any consumer of the frames needs);
-- env: ``make_vector_env(scenario, N)`` (async, one subprocess per engine) with masks on, random
-  actions from numpy.
+  ``get_state()``, which any consumer of the frames needs). The engines run freely, each at its
+  own pace: the issue's reference.
+- raw engine, lockstep: the same N engines stepped together, one thread each (``make_action``
+  releases the GIL), every step waiting for all N, as any synchronous vector env must; nothing is
+  done with the frames. The ceiling for a vector env that feeds a PPO rollout.
+- gymnasium AsyncVectorEnv: ``envs.make_env`` with masks on, one process per engine.
+- make_vector_env: the project's vector env with masks on, ``--engines-per-worker`` engines per
+  worker process (default: about one worker per core).
 
 Engine start-up and a short warm-up are left out of the timings; the two sides alternate for
 ``--repeats`` rounds and the median is reported. ``--profile`` also runs the env side in one
 process (SyncVectorEnv) under cProfile and prints where the time goes.
 
-    python benchmarks/env_throughput.py --env basic --num-envs 2
+    python benchmarks/env_throughput.py --env basic --num-envs 8 --steps 1000 --repeats 3
 """
 
 from __future__ import annotations
 
 import cProfile
+import functools
 import io
 import multiprocessing as mp
 import os
 import pstats
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import gymnasium as gym
 
 import numpy as np
 import tyro
 import vizdoom as vzd
 
-from envs.doom import FRAME_SKIP, SCENARIOS, check_scenario, make_vector_env
+from envs.doom import FRAME_SKIP, SCENARIOS, check_scenario, make_env, make_vector_env
 
 WARMUP_STEPS = 50
 
@@ -39,14 +48,16 @@ WARMUP_STEPS = 50
 class Args:
     env: str = "basic"
     """Scenario name (see envs.doom.SCENARIOS)."""
-    num_envs: int = 2
-    """Engines run in parallel on each side (this machine has 2 cores)."""
+    num_envs: int = 8
+    """Engines run in parallel in each setup (8: the trainer's default)."""
     steps: int = 2000
     """Steps per engine in each timed round."""
     repeats: int = 3
     """Timed rounds per side, alternating raw and env; the median is reported."""
     seed: int = 0
     """Seeds the engines and the random actions."""
+    engines_per_worker: int | None = None
+    """Engines per worker process of make_vector_env (None: its default, about one worker per core)."""
     profile: bool = False
     """Also profile the env side in one process (SyncVectorEnv) with cProfile."""
 
@@ -113,9 +124,39 @@ def raw_steps_per_second(scenario: str, num_envs: int, steps: int, seed: int, re
     return num_envs * steps / wall
 
 
-def env_steps_per_second(scenario: str, num_envs: int, steps: int, seed: int, asynchronous: bool = True) -> float:
-    envs = make_vector_env(scenario, num_envs, asynchronous=asynchronous)
+def raw_lockstep_steps_per_second(scenario: str, num_envs: int, steps: int, seed: int) -> float:
+    """N engines in one process, one thread each, every step waiting for all N (with get_state)."""
+    games = [raw_game(scenario, seed + i) for i in range(num_envs)]
+    pool = ThreadPoolExecutor(num_envs)
     try:
+        actions = one_button_actions(games[0])
+        rng = np.random.default_rng(seed)
+
+        def step(game: vzd.DoomGame, choice: int) -> None:
+            play_raw(game, actions, [choice], read_state=True)
+
+        for choices in rng.integers(0, len(actions), (WARMUP_STEPS, num_envs)):
+            list(pool.map(step, games, choices))
+        timed = rng.integers(0, len(actions), (steps, num_envs))
+        start = time.perf_counter()
+        for choices in timed:
+            list(pool.map(step, games, choices))
+        return num_envs * steps / (time.perf_counter() - start)
+    finally:
+        pool.shutdown()
+        for game in games:
+            game.close()
+
+
+def gymnasium_async(scenario: str, num_envs: int) -> gym.vector.VectorEnv:
+    """gymnasium's AsyncVectorEnv over the same preprocessed envs: one process per engine."""
+    return gym.vector.AsyncVectorEnv([functools.partial(make_env, scenario)] * num_envs,
+                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def env_steps_per_second(envs: gym.vector.VectorEnv, steps: int, seed: int) -> float:
+    try:
+        num_envs = envs.num_envs
         rng = np.random.default_rng(seed)
         envs.reset(seed=seed)
         action_count = envs.single_action_space.n
@@ -133,7 +174,7 @@ def env_steps_per_second(scenario: str, num_envs: int, steps: int, seed: int, as
 def profile_env_in_one_process(scenario: str, num_envs: int, steps: int, seed: int) -> str:
     profiler = cProfile.Profile()
     profiler.enable()
-    rate = env_steps_per_second(scenario, num_envs, steps, seed, asynchronous=False)
+    rate = env_steps_per_second(make_vector_env(scenario, num_envs, asynchronous=False), steps, seed)
     profiler.disable()
     report = io.StringIO()
     stats = pstats.Stats(profiler, stream=report).sort_stats("tottime")
@@ -142,35 +183,43 @@ def profile_env_in_one_process(scenario: str, num_envs: int, steps: int, seed: i
 
 
 def print_table(args: Args, rates: dict[str, list[float]]) -> None:
-    """Median and best round per setup; the ratio is env steps/s over that setup's steps/s.
+    """Median and best round per setup; the ratios are make_vector_env's steps/s over the setup's.
 
     On a shared machine the best round is the least disturbed by other load.
     """
     env_rates = rates[ENV_SETUP]
-    print(f"\n{args.env}: {args.num_envs} engines in parallel per side, {args.steps} steps each, "
+    print(f"\n{args.env}: {args.num_envs} engines in parallel per setup, {args.steps} steps each, "
           f"{args.repeats} rounds, {os.cpu_count()} CPUs")
-    print(f"{'setup':<38}{'median/s':>10}{'best/s':>10}{'env/this median':>17}{'best':>7}   rounds")
+    print(f"{'setup':<40}{'median/s':>10}{'best/s':>10}{'env/this median':>17}{'best':>7}   rounds")
     for name, values in rates.items():
         median, best = statistics.median(values), max(values)
         ratio_median = statistics.median(env_rates) / median
         ratio_best = max(env_rates) / best
         rounds = " ".join(f"{v:.0f}" for v in values)
-        print(f"{name:<38}{median:>10.0f}{best:>10.0f}{ratio_median:>17.2f}{ratio_best:>7.2f}   {rounds}")
+        print(f"{name:<40}{median:>10.0f}{best:>10.0f}{ratio_median:>17.2f}{ratio_best:>7.2f}   {rounds}")
 
 
 RAW_SETUP = "raw engine, make_action"
 RAW_STATE_SETUP = "raw engine, make_action + get_state"
-ENV_SETUP = "make_vector_env, async, masks on"
+LOCKSTEP_SETUP = "raw engine + get_state, lockstep"
+GYM_ASYNC_SETUP = "gymnasium AsyncVectorEnv, masks on"
+ENV_SETUP = "make_vector_env, masks on"
 
 
 def main(args: Args) -> None:
     check_scenario(args.env)
-    rates: dict[str, list[float]] = {RAW_SETUP: [], RAW_STATE_SETUP: [], ENV_SETUP: []}
+    rates: dict[str, list[float]] = {name: [] for name in
+                                     (RAW_SETUP, RAW_STATE_SETUP, LOCKSTEP_SETUP, GYM_ASYNC_SETUP, ENV_SETUP)}
     for round_index in range(args.repeats):
         seed = args.seed + 1000 * round_index
         rates[RAW_SETUP].append(raw_steps_per_second(args.env, args.num_envs, args.steps, seed, False))
         rates[RAW_STATE_SETUP].append(raw_steps_per_second(args.env, args.num_envs, args.steps, seed, True))
-        rates[ENV_SETUP].append(env_steps_per_second(args.env, args.num_envs, args.steps, seed))
+        rates[LOCKSTEP_SETUP].append(raw_lockstep_steps_per_second(args.env, args.num_envs, args.steps, seed))
+        rates[GYM_ASYNC_SETUP].append(env_steps_per_second(gymnasium_async(args.env, args.num_envs), args.steps, seed))
+        envs = make_vector_env(args.env, args.num_envs, engines_per_worker=args.engines_per_worker)
+        rates[ENV_SETUP].append(env_steps_per_second(envs, args.steps, seed))
+        print(f"round {round_index + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()),
+              flush=True)
     print_table(args, rates)
     if args.profile:
         print()

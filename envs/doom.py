@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,6 +30,7 @@ from gymnasium.wrappers import (
 )
 from vizdoom.gymnasium_wrapper.gymnasium_env_defns import VizdoomScenarioEnv
 
+from envs.multi_engine import MultiEngineVectorEnv
 from masks import label_mask, targets_for
 
 FRAME_SKIP = 4
@@ -97,45 +97,51 @@ def make_doom_env(scenario: str, render_mode: str | None = None) -> VizdoomScena
     )
 
 
-class ScreenAndMask(gym.ObservationWrapper):
-    """{screen, labels, ...} -> {"screen": grey 84x84, "mask": target mask 84x84 of this frame}."""
+class GreyScreen(gym.ObservationWrapper):
+    """{screen, ...} -> the grey screen resized to 84x84 (the terminal observation stays all zeros)."""
 
-    def __init__(self, env: gym.Env, targets: tuple[str, ...], size: int = FRAME_SIZE):
+    def __init__(self, env: gym.Env, size: int = FRAME_SIZE):
+        super().__init__(env)
+        self.size = size
+        self.observation_space = gym.spaces.Box(0, 255, (size, size), np.uint8)
+
+    def observation(self, observation: dict) -> np.ndarray:
+        return cv2.resize(observation["screen"][..., 0], (self.size, self.size), interpolation=cv2.INTER_AREA)
+
+
+class WithNewestMask(gym.ObservationWrapper):
+    """Stacked frames -> {"pixels": the stacked frames, "mask": target mask of the newest frame}.
+
+    The mask comes from the engine's current state, i.e. the newest frame; at a terminal step the
+    engine has no state and the mask is empty, like the all-zero terminal frame.
+    """
+
+    def __init__(self, env: gym.Env, targets: tuple[str, ...]):
         super().__init__(env)
         self.targets = targets
-        self.size = size
-        frame = gym.spaces.Box(0, 255, (size, size), np.uint8)
-        self.observation_space = gym.spaces.Dict({"screen": frame, "mask": gym.spaces.Box(0, 1, (size, size), np.uint8)})
+        self.size = env.observation_space.shape[-1]
+        self.observation_space = observation_space(self.size, env.observation_space.shape[0])
 
-    def observation(self, observation: dict) -> dict:
+    def observation(self, observation: np.ndarray) -> dict:
         state = self.env.unwrapped.state
-        if state is None:  # terminal step: the engine has no state, the wrapper returns zeros
-            zeros = np.zeros((self.size, self.size), np.uint8)
-            return {"screen": zeros, "mask": zeros.copy()}
-        screen = cv2.resize(observation["screen"][..., 0], (self.size, self.size), interpolation=cv2.INTER_AREA)
+        if state is None:
+            return {"pixels": observation, "mask": np.zeros((self.size, self.size), np.uint8)}
         # Nearest-neighbour sampling commutes with the per-pixel value -> target map, so sampling the
         # label buffer first gives the same mask as resize_mask(label_mask(full buffer)), on 84x84
         # pixels instead of 160x120.
         labels_buffer = cv2.resize(state.labels_buffer, (self.size, self.size), interpolation=cv2.INTER_NEAREST)
         mask = label_mask(labels_buffer, state.labels, self.targets)
-        return {"screen": screen, "mask": mask.view(np.uint8)}
+        return {"pixels": observation, "mask": mask.view(np.uint8)}
 
 
-class StackedPixelsNewestMask(gym.ObservationWrapper):
-    """Stacked {screen, mask} -> {"pixels": the stacked screens, "mask": the newest frame's mask}."""
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        spaces = env.observation_space
-        self.observation_space = gym.spaces.Dict(
-            {
-                "pixels": spaces["screen"],
-                "mask": gym.spaces.Box(0, 1, spaces["mask"].shape[1:], np.uint8),
-            }
-        )
-
-    def observation(self, observation: dict) -> dict:
-        return {"pixels": observation["screen"], "mask": observation["mask"][-1]}
+def observation_space(size: int = FRAME_SIZE, stack: int = STACK_SIZE) -> gym.spaces.Dict:
+    """The observation space of ``make_env``: stacked grey frames and the newest frame's mask."""
+    return gym.spaces.Dict(
+        {
+            "pixels": gym.spaces.Box(0, 255, (stack, size, size), np.uint8),
+            "mask": gym.spaces.Box(0, 1, (size, size), np.uint8),
+        }
+    )
 
 
 def make_env(
@@ -152,15 +158,21 @@ def make_env(
     env: gym.Env = make_doom_env(scenario, render_mode=render_mode)
     if spec.max_episode_steps is not None:
         env = TimeLimit(env, spec.max_episode_steps)
-    env = ScreenAndMask(env, targets)
+    env = GreyScreen(env)
     env = FrameStackObservation(env, STACK_SIZE)
-    env = StackedPixelsNewestMask(env)
+    env = WithNewestMask(env, targets)
     env = RecordEpisodeStatistics(env)  # true returns, before the reward transform
     if reward_transform == "scale":
         env = TransformReward(env, lambda r, s=spec.reward_scale: r * s)
     elif reward_transform == "clip":
         env = ClipReward(env, -1.0, 1.0)
     return env
+
+
+def default_engines_per_worker(num_envs: int) -> int:
+    """Enough engines per worker process that there is about one worker per available core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return -(-num_envs // cores)
 
 
 def make_vector_env(
@@ -170,8 +182,11 @@ def make_vector_env(
     reward_transform: str = "scale",
     asynchronous: bool = True,
     video_dir: str | None = None,
+    engines_per_worker: int | None = None,
 ) -> gym.vector.VectorEnv:
-    """N environments, each engine in its own subprocess (or in-process with ``asynchronous=False``).
+    """N environments in worker processes, each worker stepping ``engines_per_worker`` engines
+    (default: about one worker per core; see envs/multi_engine.py), or all in this process with
+    ``asynchronous=False``.
 
     Autoreset is same-step (as in gym<1.0, which CleanRL's PPO assumes): on a terminal step the
     returned observation and mask are the new episode's first; the all-zero terminal observation is in
@@ -179,18 +194,23 @@ def make_vector_env(
     """
     check_scenario(scenario)
     targets = targets_for(scenario, targets)  # validate here, not in N subprocesses
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+    if engines_per_worker is None:
+        engines_per_worker = default_engines_per_worker(num_envs)
+    if engines_per_worker < 1:
+        raise ValueError(f"engines_per_worker must be at least 1, got {engines_per_worker}")
     # each engine creates ./_vizdoom/ if missing; engines starting together can race on it and fail
     os.makedirs("_vizdoom", exist_ok=True)
 
     def thunk(index: int) -> gym.Env:
-        if asynchronous:  # Ctrl-C / SIGTERM go to the trainer, which stops cleanly and closes its workers
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if video_dir is not None and index == 0:
             env = make_env(scenario, targets, reward_transform, render_mode="rgb_array")
             return RecordVideo(env, video_dir, disable_logger=True)
         return make_env(scenario, targets, reward_transform)
 
     thunks: list[Callable[[], gym.Env]] = [functools.partial(thunk, i) for i in range(num_envs)]
-    vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    return vector_cls(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    if not asynchronous:
+        return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    per_worker = [thunks[start:start + engines_per_worker] for start in range(0, num_envs, engines_per_worker)]
+    return MultiEngineVectorEnv(per_worker, observation_space())
