@@ -1,12 +1,13 @@
-"""A vector env whose worker processes each step several engines: fewer processes, fewer messages.
+"""A vector env whose worker processes each step several engines at once: fewer processes and messages.
 
 gymnasium's AsyncVectorEnv runs one env per process and exchanges one pipe message per env and step.
-A ViZDoom step (frame skip 4, 160x120) costs only ~200 us of CPU, about what that message and the
-process switches cost, so on a few cores most of the time went to the messaging (README, "Speed").
-Here each of W worker processes holds a gymnasium SyncVectorEnv of K envs (same-step autoreset, as
-AsyncVectorEnv would give), writes the K observations into shared memory with one copy per key, and
-sends one message per step. Env i lives in worker i // K, so env indices, seeds (seed + i) and
-infos are those of a SyncVectorEnv of all N envs.
+A ViZDoom step (frame skip 4, 160x120) costs only ~250 us of CPU, so on a few cores that messaging
+and the process switches cost about as much as the engine (README, "Speed"). Here each of W worker
+processes holds a ThreadedVectorEnv of K envs: a gymnasium SyncVectorEnv (same-step autoreset) whose
+K engines step concurrently from K threads, since ``make_action`` releases the GIL. The worker writes
+the K observations into shared memory with one copy per key and sends one message per step. Env i
+lives in worker i // K, so env indices, seeds (seed + i) and infos are those of a SyncVectorEnv of
+all N envs.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class MultiEngineVectorEnv(gym.vector.VectorEnv):
         try:
             for index, (fns, part) in enumerate(zip(env_fns_per_worker, self.slices)):
                 parent, child = context.Pipe()
-                process = context.Process(target=_worker, args=(index, list(fns), single_observation_space, self.num_envs, part, shared, child), daemon=True)
+                worker_args = (index, list(fns), single_observation_space, self.num_envs, part, shared, child)
+                process = context.Process(target=_worker, args=worker_args, daemon=True)
                 process.start()
                 child.close()
                 self.pipes.append(parent)
