@@ -54,6 +54,11 @@ def test_random_masks_have_the_true_area_and_are_not_the_true_masks():
     overlap = (random & masks).flatten(1).sum(dim=1).float() / masks.flatten(1).sum(dim=1).clamp(min=1)
     assert (overlap[:-1] < 0.5).float().mean() >= 0.75  # mostly elsewhere
     assert not random[-1].any()
+    for blob in random[:-1]:  # one compact blob: at most a quarter disc's extent (in a corner)
+        rows, cols = blob.nonzero(as_tuple=True)
+        extent = 2.3 * float(blob.sum()) ** 0.5 + 2
+        assert rows.max() - rows.min() < extent and cols.max() - cols.min() < extent
+    assert not random_blob_masks(torch.zeros_like(masks)).any()
 
 
 def test_shuffled_masks_are_a_permutation_without_fixed_points():
