@@ -298,16 +298,22 @@ def estimate_rows(quantity: str, names, points: dict, intervals: dict) -> list[d
     return rows
 
 
-def plot_intervals(path: Path, points: dict, intervals: dict, names, title: str, xlabel: str, colors: dict) -> None:
-    """One panel per metric: a bar for each method's CI, a black tick at its point estimate."""
+def plot_intervals(path: Path, points: dict, intervals: dict, names, title: str, xlabel: str, colors: dict,
+                   columns: int = 4) -> None:
+    """One panel per metric, ``columns`` to a row: a bar for each method's CI, a black tick at its point."""
     methods = list(points)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 1.3 + 0.45 * len(methods)), squeeze=False)
-    for i, (ax, name) in enumerate(zip(axes[0], names)):
+    columns = min(columns, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, rows * (0.9 + 0.45 * len(methods)) + 0.4),
+                             squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for i, (ax, name) in enumerate(zip(axes.flat, names)):
         for j, method in enumerate(methods):
             low, high = intervals[method][:, i]
             ax.barh(j, high - low, left=low, height=0.6, color=colors[method], alpha=0.7)
             ax.vlines(points[method][i], j - 0.3, j + 0.3, color="k")
-        ax.set_yticks(range(len(methods)), methods if i == 0 else [""] * len(methods))
+        ax.set_yticks(range(len(methods)), methods if i % columns == 0 else [""] * len(methods))
         ax.set_ylim(len(methods) - 0.4, -0.6)  # first method on top
         ax.set_title(name)
         ax.set_xlabel(xlabel)
@@ -436,7 +442,8 @@ def aggregate_attention(runs: list[Run], args: Args, out: Path, colors: dict) ->
         plot_intervals(out / "attention.png",
                        {m: [iqm_points[n].get(m, np.nan) for n in names] for m in methods},
                        {m: np.array([iqm_intervals[n].get(m, nan2) for n in names]).T for m in methods}, names,
-                       "Attention metrics: IQM over scenarios x seeds, point and 95% CI", "IQM", colors)
+                       "Attention metrics: IQM over scenarios x seeds, point and 95% CI", "IQM", colors,
+                       columns=2)  # names are sorted: each metric sits beside its chance / random-order control
     return rows
 
 
