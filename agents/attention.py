@@ -130,3 +130,23 @@ def training_masks(masks: torch.Tensor, source: str, generator: torch.Generator 
     if source == "shuffled":
         return shuffled_masks(masks, generator)
     raise ValueError(f"unknown mask source '{source}'; valid: {', '.join(MASK_SOURCES)}")
+
+
+def attention_loss(
+    kind: str,
+    masks: torch.Tensor,
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    actions: torch.Tensor,
+    inputs: torch.Tensor | None = None,
+    log_probs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The attention loss of a minibatch, before its coefficient lambda: ``camal`` on the
+    differentiable Grad-CAM of the taken ``actions``, or ``rrr`` on the input gradient of ``log_probs``
+    (``inputs`` must require grad and be what ``log_probs`` was computed from)."""
+    if kind == "camal":
+        maps = grad_cam(features, logits, actions, tuple(masks.shape[-2:]), create_graph=True)
+        return camal_loss(maps, masks)
+    if kind == "rrr":
+        return rrr_loss(inputs, log_probs, masks)
+    raise ValueError(f"unknown attention loss '{kind}'; valid: camal, rrr")

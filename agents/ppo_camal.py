@@ -6,14 +6,20 @@
 
 The CAMAL block (marked below) computes a differentiable Grad-CAM of the policy for the action taken
 in the rollout, on every minibatch, and adds lambda * mean(beta - alpha) to the PPO loss
-(../shared/CAMAL.md sections 3-4). Acting is a plain forward pass.
+(docs/method.md). Acting is a plain forward pass.
+
+Where the logic is CleanRL's, so are the names and the section comments; what a run does on
+--resume, Ctrl-C / SIGTERM and bad input is gathered in the "run folder" section below.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import math
 import os
+import shutil
 import random
 import signal
 import sys
@@ -21,7 +27,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -32,7 +38,7 @@ from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.attention import MASK_SOURCES, camal_loss, grad_cam, has_target, relevance_mass, rrr_loss, training_masks
+from agents.attention import MASK_SOURCES, attention_loss, grad_cam, has_target, relevance_mass, training_masks
 from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env
 from masks import mask_outline, targets_for
 
@@ -65,7 +71,9 @@ class Args:
     save_every: int = 10
     """write a checkpoint every this many updates (and always at the end or on Ctrl-C/SIGTERM)"""
     resume: str | None = None
-    """continue the run in this run folder (same step count, same tensorboard run); other flags are ignored"""
+    """continue the run in this run folder (same step count, same tensorboard curves). Flags given with it
+    must not change the run, except --total-timesteps (train longer), --cuda, --track, --wandb-*
+    and --engines-per-worker; other changes are refused"""
     image_every: int = 10
     """log frames with the attention map and the mask to tensorboard every this many updates (0: never)"""
 
@@ -73,7 +81,7 @@ class Args:
     reward_transform: Literal["scale", "clip", "none"] = "scale"
     """learning reward: per-scenario scale (measured to learn), clip to [-1, 1] (the paper's), or none"""
     targets: str | None = None
-    """override the scenario's target objects, comma-separated names or categories (e.g. Monster,Medikit)"""
+    """override the scenario's target objects, comma-separated names or categories (e.g. Monster,Medikit); not empty"""
     engines_per_worker: int | None = None
     """engines stepped by each env worker process (None: about one worker per CPU core; README, Speed)"""
 
@@ -130,10 +138,25 @@ class Args:
     """(set at runtime) total_timesteps // batch_size"""
 
 
+RUNTIME_FIELDS = ("method", "batch_size", "minibatch_size", "num_iterations")
+# flags that may differ on --resume: how long and where a run trains, not what it learns
+RESUME_CHANGEABLE = ("total_timesteps", "cuda", "track", "wandb_project_name", "wandb_entity", "engines_per_worker")
+SEED_MAX = 2**32 - 1  # numpy's seed range is [0, 2**32 - 1]
+NO_TARGET_UPDATES = 3  # an attention-loss run that sees no target in this many first updates is warned
+
+
 def method_label(args: Args) -> str:
     if args.attn_loss == "none":
         return "vanilla"
     return args.attn_loss if args.mask_source == "labels" else f"{args.attn_loss}-{args.mask_source}"
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def warn(message: str) -> None:
+    tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 def check_args(args: Args) -> None:
@@ -141,6 +164,12 @@ def check_args(args: Args) -> None:
     check_scenario(args.env)
     if args.targets is not None:
         targets_for(args.env, args.targets)
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{flag(field.name)} must be a finite number, got {value}")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise ValueError(f"--seed must be in [0, {SEED_MAX}] (numpy's seed range), got {args.seed}")
     if args.engines_per_worker is not None and args.engines_per_worker <= 0:
         raise ValueError(f"--engines-per-worker must be > 0 (or omitted for the default), got {args.engines_per_worker}")
     if args.camal_coef < 0:
@@ -149,17 +178,54 @@ def check_args(args: Args) -> None:
         raise ValueError(f"unknown --mask-source '{args.mask_source}'; valid: {', '.join(MASK_SOURCES)}")
     if args.reward_transform not in REWARD_TRANSFORMS:
         raise ValueError(f"unknown --reward-transform; valid: {', '.join(REWARD_TRANSFORMS)}")
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps"):
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "save_every",
+                 "learning_rate", "clip_coef", "max_grad_norm"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+            raise ValueError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
+    for name in ("image_every", "ent_coef", "vf_coef"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise ValueError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
+    if args.target_kl is not None and args.target_kl <= 0:
+        raise ValueError(f"--target-kl must be > 0 (or omitted), got {args.target_kl}")
     batch_size = args.num_envs * args.num_steps
     if batch_size % args.num_minibatches:
         raise ValueError(
             f"--num-minibatches {args.num_minibatches} does not divide the batch "
             f"(num_envs x num_steps = {batch_size}); choose a divisor of {batch_size}"
         )
+    if args.norm_adv and batch_size // args.num_minibatches < 2:
+        raise ValueError(f"a minibatch of {batch_size // args.num_minibatches} sample cannot normalise advantages "
+                         f"(their std needs 2); lower --num-minibatches or pass --no-norm-adv")
     if args.total_timesteps < batch_size:
         raise ValueError(f"--total-timesteps {args.total_timesteps} is less than one batch ({batch_size} steps)")
+    if args.track and importlib.util.find_spec("wandb") is None:
+        raise ValueError("--track needs wandb: pip install wandb")
+    if not os.access(".", os.W_OK | os.X_OK):
+        raise ValueError(f"the working directory {os.getcwd()} is not writable (the engines write _vizdoom/ there)")
+    if not args.resume:
+        check_writable_dir(Path(args.runs_dir), "--runs-dir")
+
+
+def check_writable_dir(path: Path, name: str) -> None:
+    """ValueError unless ``path`` is a writable folder or can be created in its nearest existing parent."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{name} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {path}: {existing} is not writable")
+
+
+def set_runtime_fields(args: Args) -> None:
+    args.method = method_label(args)
+    args.exp_name = args.exp_name or args.method
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size
 
 
 def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
@@ -205,6 +271,55 @@ class Agent(nn.Module):
         return self.actor(hidden), self.critic(hidden), features
 
 
+# ---------------------------------------------------------------- run folder, checkpoint, resume
+
+
+def create_run_dir(args: Args) -> Path:
+    """A new run folder named env__exp_name__seed__time; a launch in the same second gets a suffix."""
+    name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    for attempt in range(1, 1000):
+        run_dir = Path(args.runs_dir) / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            run_dir.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(args), indent=2))
+        return run_dir
+    raise ValueError(f"{Path(args.runs_dir) / name}: 999 run folders of that name already exist")
+
+
+def load_run_config(run_dir: Path) -> Args:
+    config = run_dir / CONFIG
+    if not config.is_file() or not (run_dir / CHECKPOINT).is_file():
+        raise ValueError(f"--resume {run_dir}: not a run folder (needs {CONFIG} and {CHECKPOINT})")
+    try:
+        saved = json.loads(config.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--resume {run_dir}: {CONFIG} is not valid JSON ({error})") from None
+    known = {f.name for f in dataclasses.fields(Args)}
+    return Args(**{k: v for k, v in saved.items() if k in known})
+
+
+def resume_args(run_dir: str | Path) -> Args:
+    """The saved arguments of a run, with ``resume`` set: flags given on top of them are changes."""
+    return dataclasses.replace(load_run_config(Path(run_dir)), resume=str(run_dir))
+
+
+def merge_resume(args: Args) -> Args:
+    """The saved run's arguments with the changes that --resume allows; any other change is refused."""
+    saved = load_run_config(Path(args.resume))
+    ignored = RUNTIME_FIELDS + RESUME_CHANGEABLE + ("resume",)
+    changed = [f.name for f in dataclasses.fields(Args)
+               if f.name not in ignored and getattr(args, f.name) != getattr(saved, f.name)]
+    if changed:
+        described = ", ".join(f"{flag(n)} ({getattr(saved, n)!r} -> {getattr(args, n)!r})" for n in changed)
+        raise ValueError(f"--resume {args.resume} continues the run as it was configured; it cannot change "
+                         f"{described}; only {', '.join(flag(n) for n in RESUME_CHANGEABLE)} may be given")
+    merged = dataclasses.replace(saved, resume=args.resume, **{n: getattr(args, n) for n in RESUME_CHANGEABLE})
+    set_runtime_fields(merged)
+    return merged
+
+
 def save_checkpoint(path: Path, agent: Agent, optimizer: optim.Optimizer, iteration: int, global_step: int) -> None:
     """Atomic: written to a temporary file, then renamed over the old checkpoint."""
     state = {
@@ -225,13 +340,92 @@ def save_checkpoint(path: Path, agent: Agent, optimizer: optim.Optimizer, iterat
     os.replace(tmp, path)
 
 
-def load_run_config(run_dir: Path) -> Args:
-    config = run_dir / CONFIG
-    if not config.is_file() or not (run_dir / CHECKPOINT).is_file():
-        raise ValueError(f"--resume {run_dir}: not a run folder (needs {CONFIG} and {CHECKPOINT})")
-    saved = json.loads(config.read_text())
-    known = {f.name for f in dataclasses.fields(Args)}
-    return Args(**{k: v for k, v in saved.items() if k in known})
+def load_checkpoint(args: Args) -> dict:
+    """The checkpoint of the run being resumed, checked against its config (one-line ValueError)."""
+    path = Path(args.resume) / CHECKPOINT
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several unrelated types for a damaged file
+        raise ValueError(f"{path}: not a readable checkpoint, truncated or damaged ({type(error).__name__})") from None
+    missing = {"model", "optimizer", "iteration", "global_step", "num_actions", "rng"} - set(state) \
+        if isinstance(state, dict) else {"model"}
+    if missing:
+        raise ValueError(f"{path}: not a checkpoint of agents/ppo_camal.py (missing {', '.join(sorted(missing))})")
+    if state["global_step"] != state["iteration"] * args.batch_size:
+        raise ValueError(f"{path}: {state['global_step']} steps in {state['iteration']} updates do not match "
+                         f"{CONFIG}'s batch (num_envs x num_steps = {args.batch_size}); the checkpoint is another run's")
+    if state["iteration"] > args.num_iterations:
+        raise ValueError(f"--total-timesteps {args.total_timesteps}: the run has already trained "
+                         f"{state['global_step']} steps; give at least that many")
+    return state
+
+
+class StartPoint(NamedTuple):
+    iteration: int  # updates already done
+    global_step: int
+    reset_seed: int  # seed of the first envs.reset
+    mask_seed: int  # seed of the generator of control masks (--mask-source random / shuffled)
+    purge_step: int | None  # tensorboard drops the events an interrupted run logged from this step on
+
+
+def start_point(args: Args, checkpoint: dict | None, agent: Agent, optimizer: optim.Optimizer) -> StartPoint:
+    """Where training starts: at 0, or where ``checkpoint`` left off, with its weights and RNG states."""
+    if checkpoint is None:
+        return StartPoint(0, 0, args.seed, args.seed, None)
+    if checkpoint["num_actions"] != agent.actor.out_features:
+        raise CheckpointMismatch(f"{Path(args.resume) / CHECKPOINT}: made for {checkpoint['num_actions']} actions, "
+                         f"but '{args.env}' has {agent.actor.out_features}")
+    try:
+        agent.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointMismatch(f"{Path(args.resume) / CHECKPOINT}: weights do not fit the agent "
+                         f"({str(error).splitlines()[0]})") from None
+    rng = checkpoint["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    iteration, global_step = checkpoint["iteration"], checkpoint["global_step"]
+    # a resumed run starts fresh episodes, with seeds it has not used before; the events of the
+    # update that wrote the checkpoint (at global_step) are kept, later ones dropped
+    return StartPoint(iteration, global_step, args.seed + 1000 * iteration, args.seed + iteration, global_step + 1)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second Ctrl-C / SIGTERM: training stops at once, without writing a checkpoint."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint of a resumed run does not fit its environment."""
+
+
+class StopRequested:
+    """Ctrl-C / SIGTERM set a flag; training stops at the end of the update and writes a checkpoint."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second signal stops at once; the last checkpoint stays
+            raise Interrupted(signum)
+        self.signum = signum
+        tqdm.write(f"signal {signum}: stopping after this update and writing a checkpoint (again to stop at once)")
+
+
+class NonFiniteLoss(Exception):
+    """A loss or gradient became NaN or infinite: training stops before it reaches the weights."""
+
+    def __init__(self, iteration: int, terms: dict[str, torch.Tensor]):
+        bad = [f"{name} = {value.item()}" for name, value in terms.items() if not torch.isfinite(value)]
+        super().__init__(f"update {iteration}: non-finite {', '.join(bad)}")
 
 
 def attention_images(pixels: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -245,86 +439,95 @@ def attention_images(pixels: torch.Tensor, maps: torch.Tensor, masks: torch.Tens
     return torch.stack([red, green, blue], dim=1)
 
 
-class StopRequested:
-    """Ctrl-C / SIGTERM set a flag; training stops at the next safe point and writes a checkpoint."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write(f"signal {signum}: stopping after this update and writing a checkpoint (again to stop at once)")
-
-
 def main(args: Args) -> Path:
-    """Train; bad arguments exit with a one-line error before anything is written."""
+    """Train; bad arguments exit with a one-line error before anything is written.
+
+    Exits 128 + signal after Ctrl-C / SIGTERM (with a checkpoint) and 1 on a non-finite loss."""
+    checkpoint = None
     try:
         if args.resume:
-            run_dir = Path(args.resume)
-            args = load_run_config(run_dir)
-            args.resume = str(run_dir)
+            args = merge_resume(args)
         check_args(args)
+        set_runtime_fields(args)
+        if args.resume:
+            checkpoint = load_checkpoint(args)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    args.method = method_label(args)
-    args.exp_name = args.exp_name or args.method
-    args.batch_size = args.num_envs * args.num_steps
-    args.minibatch_size = args.batch_size // args.num_minibatches
-    args.num_iterations = args.total_timesteps // args.batch_size
-    if not args.resume:
-        run_dir = Path(args.runs_dir) / f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir.mkdir(parents=True, exist_ok=False)
-        (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(args), indent=2))
-    run_name = run_dir.name
+    if checkpoint is not None and checkpoint["iteration"] == args.num_iterations:
+        print(f"run {args.resume} is finished ({checkpoint['global_step']} steps); nothing to do "
+              f"(--total-timesteps trains it longer)")
+        return Path(args.resume)
+    if args.total_timesteps % args.batch_size:
+        warn(f"--total-timesteps {args.total_timesteps} is not a multiple of the batch (num_envs x num_steps = "
+             f"{args.batch_size}): {args.num_iterations * args.batch_size} steps will run")
 
-    if args.track:
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved_total = load_run_config(run_dir).total_timesteps
+        if args.total_timesteps != saved_total:
+            (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(args), indent=2))
+            if args.anneal_lr:
+                done = checkpoint["iteration"] / args.num_iterations
+                warn(f"training to {args.total_timesteps} steps instead of {saved_total}: the learning rate now "
+                     f"anneals to 0 over the new total ({(1 - done) * args.learning_rate:.3g} at the resume point)")
+    else:
         try:
-            import wandb
-        except ImportError:
-            sys.exit("error: --track needs wandb: pip install wandb")
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, id=run_name, resume="allow", save_code=True)
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    envs = make_vector_env(args.env, args.num_envs, targets=args.targets, reward_transform=args.reward_transform,
-                           video_dir=f"videos/{run_name}" if args.capture_video else None,
-                           engines_per_worker=args.engines_per_worker)
+            run_dir = create_run_dir(args)
+        except OSError as error:
+            sys.exit(f"error: --runs-dir {args.runs_dir}: cannot create a run folder there ({error.strerror})")
+    run_name = run_dir.name
     try:
-        return train(args, run_dir, envs, device)
+        if args.track:
+            import wandb
+
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                       config=vars(args), name=run_name, id=run_name, resume="allow", save_code=True)
+
+        # TRY NOT TO MODIFY: seeding
+        random.seed(args.seed)
+        np.random.seed(args.seed)
+        torch.manual_seed(args.seed)
+        torch.backends.cudnn.deterministic = args.torch_deterministic
+        device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+        # env setup
+        envs = make_vector_env(args.env, args.num_envs, targets=args.targets, reward_transform=args.reward_transform,
+                               video_dir=f"videos/{run_name}" if args.capture_video else None,
+                               engines_per_worker=args.engines_per_worker)
+    except BaseException:
+        if not args.resume:  # the run never started
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    try:
+        signum = train(args, run_dir, envs, device, checkpoint)
+    except CheckpointMismatch as error:
+        sys.exit(f"error: {error}")
+    except NonFiniteLoss as error:
+        kept = f"{run_dir / CHECKPOINT} holds the last finite weights" if (run_dir / CHECKPOINT).exists() \
+            else "no checkpoint had been written"
+        sys.exit(f"error: {error}; training stopped before the optimizer step, so {kept}")
+    except Interrupted as interrupted:
+        signum = interrupted.signum
+        tqdm.write(f"stopped at once by signal {signum}; {run_dir / CHECKPOINT} is the last one saved", file=sys.stderr)
     finally:
         envs.close()
+    if signum is not None:  # exit status 128 + signal, the shell's convention for an interrupted program
+        tqdm.write(f"interrupted; continue with --resume {run_dir}", file=sys.stderr)
+        sys.exit(128 + signum)
+    return run_dir
 
 
-def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
-    num_actions = envs.single_action_space.n
-    agent = Agent(num_actions).to(device)
+def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dict | None) -> int | None:
+    """Train from the start or from ``checkpoint``; returns the signal that stopped it, if one did."""
+    agent = Agent(envs.single_action_space.n).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-    start_iteration, global_step = 0, 0
-    if args.resume:
-        state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
-        agent.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_iteration, global_step = state["iteration"], state["global_step"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    # purge_step drops events logged after the checkpoint, so a resumed run continues one curve
-    writer = SummaryWriter(str(run_dir), purge_step=global_step if args.resume else None)
-    if not args.resume:
+    start = start_point(args, checkpoint, agent, optimizer)
+    writer = SummaryWriter(str(run_dir), purge_step=start.purge_step)
+    if checkpoint is None:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    mask_generator = torch.Generator(device=device).manual_seed(args.seed + start_iteration)
+    mask_generator = torch.Generator(device=device).manual_seed(start.mask_seed)
 
+    # ALGO Logic: Storage setup
     obs_shape = envs.single_observation_space["pixels"].shape
     mask_shape = envs.single_observation_space["mask"].shape
     pixels_buf = torch.zeros((args.num_steps, args.num_envs) + obs_shape, dtype=torch.uint8, device=device)
@@ -335,19 +538,21 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
     dones = torch.zeros((args.num_steps, args.num_envs), device=device)
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
-    # a resumed run starts fresh episodes, with seeds it has not used before
-    next_obs, _ = envs.reset(seed=args.seed + 1000 * start_iteration)
+    # TRY NOT TO MODIFY: start the game
+    global_step = start.global_step
+    start_time = time.time()
+    next_obs, _ = envs.reset(seed=start.reset_seed)
     next_pixels = torch.as_tensor(next_obs["pixels"], device=device)
     next_mask = torch.as_tensor(next_obs["mask"], device=device).bool()
     next_done = torch.zeros(args.num_envs, device=device)
     recent_returns: deque[float] = deque(maxlen=20)
+    target_seen = False
     stop = StopRequested()
-    completed = start_iteration
-    start_time, start_step = time.time(), global_step
     progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step",
                     desc=run_dir.name, dynamic_ncols=True, mininterval=2)
     try:
-        for iteration in range(start_iteration + 1, args.num_iterations + 1):
+        for iteration in range(start.iteration + 1, args.num_iterations + 1):
+            # Annealing the rate if instructed to do so.
             if args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
@@ -362,6 +567,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                 actions[step] = action
                 logprobs[step] = logprob
 
+                # TRY NOT TO MODIFY: execute the game and log data.
                 next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
                 rewards[step] = torch.as_tensor(reward, device=device).view(-1)
                 next_pixels = torch.as_tensor(next_obs["pixels"], device=device)
@@ -373,6 +579,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                     writer.add_scalar("charts/episodic_length", episode_length, global_step)
             progress.update(args.batch_size)
 
+            # bootstrap value if not done
             with torch.no_grad():
                 next_value = agent.get_value(next_pixels).reshape(1, -1)
                 advantages = torch.zeros_like(rewards)
@@ -388,6 +595,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                     advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
                 returns = advantages + values
 
+            # flatten the batch
             b_pixels = pixels_buf.reshape((-1,) + obs_shape)
             b_masks = masks_buf.reshape((-1,) + mask_shape)
             b_logprobs = logprobs.reshape(-1)
@@ -395,25 +603,31 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
             b_advantages = advantages.reshape(-1)
             b_returns = returns.reshape(-1)
             b_values = values.reshape(-1)
+            if not target_seen:
+                target_seen = warn_if_no_target(args, b_masks, iteration - start.iteration,
+                                                args.num_iterations - start.iteration)
 
+            # Optimizing the policy and value network
             b_inds = np.arange(args.batch_size)
             clipfracs, attn_losses = [], []
             for epoch in range(args.update_epochs):
                 np.random.shuffle(b_inds)
-                for start in range(0, args.batch_size, args.minibatch_size):
-                    mb_inds = b_inds[start : start + args.minibatch_size]
+                for start_index in range(0, args.batch_size, args.minibatch_size):
+                    mb_inds = b_inds[start_index : start_index + args.minibatch_size]
                     mb_pixels = b_pixels[mb_inds].float()
+                    mb_unit_pixels = None
                     if args.attn_loss == "rrr":  # RRR differentiates w.r.t. pixels scaled to [0, 1]
                         mb_unit_pixels = (mb_pixels / 255.0).requires_grad_(True)
                         mb_pixels = mb_unit_pixels * 255.0
                     logits, newvalue, features = agent.logits_value_features(mb_pixels)
-                    dist = Categorical(logits=logits)
+                    dist = Categorical(logits=logits, validate_args=False)  # NaN logits reach the loss check
                     newlogprob = dist.log_prob(b_actions[mb_inds])
                     entropy = dist.entropy()
                     logratio = newlogprob - b_logprobs[mb_inds]
                     ratio = logratio.exp()
 
                     with torch.no_grad():
+                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
                         old_approx_kl = (-logratio).mean()
                         approx_kl = ((ratio - 1) - logratio).mean()
                         clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
@@ -422,10 +636,12 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                     if args.norm_adv:
                         mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
+                    # Policy loss
                     pg_loss1 = -mb_advantages * ratio
                     pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
                     pg_loss = torch.max(pg_loss1, pg_loss2).mean()
 
+                    # Value loss
                     newvalue = newvalue.view(-1)
                     if args.clip_vloss:
                         v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
@@ -439,22 +655,26 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
 
                     entropy_loss = entropy.mean()
                     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                    terms = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy_loss}
 
                     # ---------------- CAMAL: attention loss on this minibatch ----------------
                     if args.attn_loss != "none":
-                        mb_masks = training_masks(b_masks[mb_inds], args.mask_source, mask_generator)
-                        if args.attn_loss == "camal":
-                            maps = grad_cam(features, logits, b_actions[mb_inds], mask_shape, create_graph=True)
-                            attn_loss = camal_loss(maps, mb_masks)
-                        else:
-                            attn_loss = rrr_loss(mb_unit_pixels, newlogprob, mb_masks)
+                        attn_loss = attention_loss(
+                            args.attn_loss, training_masks(b_masks[mb_inds], args.mask_source, mask_generator),
+                            features, logits, b_actions[mb_inds], inputs=mb_unit_pixels, log_probs=newlogprob,
+                        )
                         loss = loss + args.camal_coef * attn_loss
                         attn_losses.append(attn_loss.item())
+                        terms[f"{args.attn_loss}_loss"] = attn_loss
                     # ---------------------------------------------------------------------------
 
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLoss(iteration, {**terms, "loss": loss})
                     optimizer.zero_grad()
                     loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    if not torch.isfinite(grad_norm):
+                        raise NonFiniteLoss(iteration, {"gradient norm of the loss": grad_norm})
                     optimizer.step()
 
                 if args.target_kl is not None and approx_kl > args.target_kl:
@@ -464,6 +684,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
             var_y = np.var(y_true)
             explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
             writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
             writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
@@ -475,23 +696,30 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
             if attn_losses:
                 writer.add_scalar(f"losses/{args.attn_loss}_loss", np.mean(attn_losses), global_step)
             log_attention(writer, agent, b_pixels, b_masks, b_actions, global_step, args, iteration)
-            sps = int((global_step - start_step) / (time.time() - start_time))
+            sps = int((global_step - start.global_step) / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
             progress.set_postfix(sps=sps, ret=recent)
 
-            completed = iteration
-            if iteration % args.save_every == 0:
-                save_checkpoint(run_dir / CHECKPOINT, agent, optimizer, completed, global_step)
-            if stop.requested:
+            if iteration % args.save_every == 0 or iteration == args.num_iterations or stop.signum is not None:
+                save_checkpoint(run_dir / CHECKPOINT, agent, optimizer, iteration, global_step)
+            if stop.signum is not None:
                 break
     finally:
-        # the model as of the last completed update; a resumed run repeats any unfinished rollout
-        save_checkpoint(run_dir / CHECKPOINT, agent, optimizer, completed, completed * args.batch_size)
         progress.close()
         writer.close()
     tqdm.write(f"run folder: {run_dir}")
-    return run_dir
+    return stop.signum
+
+
+def warn_if_no_target(args: Args, b_masks: torch.Tensor, updates_done: int, updates_planned: int) -> bool:
+    """Whether this rollout saw a target; warns once when an attention-loss run saw none in its first updates."""
+    seen = bool(has_target(b_masks).any())
+    if not seen and args.attn_loss != "none" and updates_done == min(NO_TARGET_UPDATES, updates_planned):
+        warn(f"no frame of the first {updates_done} updates had a target in its mask (targets: "
+             f"{', '.join(targets_for(args.env, args.targets))}): the {args.attn_loss} loss is 0 and the run "
+             f"trains as vanilla PPO; check --targets")
+    return seen
 
 
 def finished_episodes(infos: dict):
@@ -523,5 +751,17 @@ def log_attention(writer, agent, b_pixels, b_masks, b_actions, global_step, args
         writer.add_images("attention/frames", attention_images(pixels[shown], maps[shown], masks[shown]), global_step)
 
 
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The command line; with --resume, flags not given take the run's saved values (so a given one is a change)."""
+    args = tyro.cli(Args, args=argv)
+    if args.resume:
+        try:
+            saved = resume_args(args.resume)
+        except ValueError as error:
+            sys.exit(f"error: {error}")
+        args = tyro.cli(Args, args=argv, default=saved)
+    return args
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(parse_args())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ import tyro
 from tqdm import tqdm
 
 from agents.attention import grad_cam, has_target, normalise_maps
-from agents.ppo_camal import CHECKPOINT, CONFIG, Agent
+from agents.ppo_camal import CHECKPOINT, CONFIG, SEED_MAX, Agent, check_writable_dir
 from envs import check_scenario, make_env
 from masks import mask_outline
 from eval.metrics import chance_levels, deletion_insertion, pointing_game, relevance_mass, relevance_rank, zero_maps
@@ -486,12 +487,26 @@ def check_args(args: Args) -> None:
         raise EvalError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.frames is None and args.episodes < 1:
         raise EvalError(f"--episodes must be >= 1, got {args.episodes}")
+    if not 0 <= args.seed <= SEED_MAX - args.episodes:
+        raise EvalError(f"--seed must be in [0, {SEED_MAX} - episodes], got {args.seed}")
+    outputs = [("--out", Path(args.out))] if args.out else []
+    if args.record_frames:
+        if Path(args.record_frames).is_dir():
+            raise EvalError(f"--record-frames {args.record_frames}: is a folder; give a .npz file name")
+        outputs.append(("--record-frames", Path(args.record_frames).parent))
+    for name, folder in outputs:
+        try:
+            check_writable_dir(folder, name)
+        except ValueError as error:
+            raise EvalError(str(error)) from None
 
 
 def run(args: Args) -> dict:
     check_args(args)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     loaded = load_agent(args.run, device)
+    if not args.out and not os.access(loaded.run_dir, os.W_OK | os.X_OK):
+        raise EvalError(f"{loaded.run_dir} is not writable; give --out")
     if args.frames:
         frames, source = load_frames(args.frames, loaded.config["env"], loaded.num_actions)
         returns = None

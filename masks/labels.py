@@ -62,8 +62,8 @@ def parse_targets(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def targets_for(scenario: str, override: str | Sequence[str] | None = None) -> tuple[str, ...]:
-    """The scenario's default targets, or the validated override."""
-    if override:
+    """The scenario's default targets, or the validated override (an empty override is refused)."""
+    if override is not None:
         return parse_targets(override)
     if scenario not in SCENARIO_TARGETS:
         raise ValueError(f"unknown scenario '{scenario}'; valid: {', '.join(sorted(SCENARIO_TARGETS))}")

@@ -11,8 +11,11 @@ each frame's title lists the objects inside the mask.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 
@@ -35,7 +38,7 @@ class Args:
     frames: int = 8
     """How many frames to draw."""
     out: str = "mask_preview.png"
-    """Where to write the PNG."""
+    """Where to write the PNG (its folder must exist)."""
     targets: str | None = None
     """Comma-separated object names or categories replacing the scenario's targets, e.g. 'Monster,GreenArmor'."""
     every: int = 5
@@ -138,9 +141,32 @@ def draw_grid(frames: list[Frame], scenario: str, targets: tuple[str, ...], colu
     plt.close(figure)
 
 
-def main(args: Args) -> None:
+def check_args(args: Args) -> tuple[str, ...]:
+    """The targets to draw; ValueError (one line) for bad arguments, before an engine starts."""
     check_scenario(args.env)
     targets = targets_for(args.env, args.targets)
+    for name in ("frames", "every", "columns"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    out = Path(args.out)
+    folder = out.parent
+    if out.is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; give a .png file name")
+    if not folder.is_dir():
+        raise ValueError(f"--out {args.out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {args.out}: folder {folder} is not writable")
+    return targets
+
+
+def main(args: Args) -> None:
+    """Bad arguments exit with one line `error: ...` and status 1, before an engine starts."""
+    try:
+        targets = check_args(args)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     frames = capture_frames(args.env, targets, args.frames, args.every, args.seed)
     draw_grid(frames, args.env, targets, args.columns, args.out)
     non_empty = sum(bool(frame.objects) for frame in frames)
