@@ -23,6 +23,7 @@ import shutil
 import random
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -203,8 +204,7 @@ def check_args(args: Args) -> None:
         raise ValueError(f"--total-timesteps {args.total_timesteps} is less than one batch ({batch_size} steps)")
     if args.track and importlib.util.find_spec("wandb") is None:
         raise ValueError("--track needs wandb: pip install wandb")
-    if not os.access(".", os.W_OK | os.X_OK):
-        raise ValueError(f"the working directory {os.getcwd()} is not writable (the engines write _vizdoom/ there)")
+    check_writable_dir(Path.cwd(), "working directory (the engines write _vizdoom/ there)")
     if not args.resume:
         check_writable_dir(Path(args.runs_dir), "--runs-dir")
 
@@ -216,8 +216,10 @@ def check_writable_dir(path: Path, name: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise ValueError(f"{name} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {path}: {existing} is not writable")
+    try:  # a real try: permission bits do not stop root, and some file systems take no new folders
+        os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError:
+        raise ValueError(f"{name} {path}: {existing} is not writable") from None
 
 
 def set_runtime_fields(args: Args) -> None:
@@ -260,6 +262,8 @@ class Agent(nn.Module):
 
     def get_action_and_value(self, pixels: torch.Tensor, action: torch.Tensor | None = None):
         logits, value, _ = self.logits_value_features(pixels)
+        if not torch.isfinite(logits).all():  # weights that the last update blew up: no policy to act with
+            raise FloatingPointError(f"policy logits = {logits[~torch.isfinite(logits)][0].item()} while acting")
         probs = Categorical(logits=logits)
         if action is None:
             action = probs.sample()
@@ -393,6 +397,17 @@ def start_point(args: Args, checkpoint: dict | None, agent: Agent, optimizer: op
     return StartPoint(iteration, global_step, args.seed + 1000 * iteration, args.seed + iteration, global_step + 1)
 
 
+def record_total_timesteps(args: Args, run_dir: Path, iteration: int) -> None:
+    """A resumed run given another --total-timesteps keeps it in its config, for the next resume."""
+    saved_total = load_run_config(run_dir).total_timesteps
+    if args.total_timesteps == saved_total:
+        return
+    (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    if args.anneal_lr:
+        warn(f"training to {args.total_timesteps} steps instead of {saved_total}: the learning rate now anneals to 0 "
+             f"over the new total ({(1 - iteration / args.num_iterations) * args.learning_rate:.3g} at the resume point)")
+
+
 class Interrupted(KeyboardInterrupt):
     """A second Ctrl-C / SIGTERM: training stops at once, without writing a checkpoint."""
 
@@ -421,11 +436,12 @@ class StopRequested:
 
 
 class NonFiniteLoss(Exception):
-    """A loss or gradient became NaN or infinite: training stops before it reaches the weights."""
+    """A loss, its gradient or the policy became NaN or infinite: training stops, writing no checkpoint."""
 
-    def __init__(self, iteration: int, terms: dict[str, torch.Tensor]):
-        bad = [f"{name} = {value.item()}" for name, value in terms.items() if not torch.isfinite(value)]
-        super().__init__(f"update {iteration}: non-finite {', '.join(bad)}")
+    def __init__(self, iteration: int, terms: dict[str, torch.Tensor] | str):
+        if not isinstance(terms, str):
+            terms = ", ".join(f"{name} = {value.item()}" for name, value in terms.items() if not torch.isfinite(value))
+        super().__init__(f"update {iteration}: non-finite {terms}")
 
 
 def attention_images(pixels: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -463,13 +479,6 @@ def main(args: Args) -> Path:
 
     if args.resume:
         run_dir = Path(args.resume)
-        saved_total = load_run_config(run_dir).total_timesteps
-        if args.total_timesteps != saved_total:
-            (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(args), indent=2))
-            if args.anneal_lr:
-                done = checkpoint["iteration"] / args.num_iterations
-                warn(f"training to {args.total_timesteps} steps instead of {saved_total}: the learning rate now "
-                     f"anneals to 0 over the new total ({(1 - done) * args.learning_rate:.3g} at the resume point)")
     else:
         try:
             run_dir = create_run_dir(args)
@@ -505,7 +514,7 @@ def main(args: Args) -> Path:
     except NonFiniteLoss as error:
         kept = f"{run_dir / CHECKPOINT} holds the last finite weights" if (run_dir / CHECKPOINT).exists() \
             else "no checkpoint had been written"
-        sys.exit(f"error: {error}; training stopped before the optimizer step, so {kept}")
+        sys.exit(f"error: {error}; training stopped before an optimizer step with it, so {kept}")
     except Interrupted as interrupted:
         signum = interrupted.signum
         tqdm.write(f"stopped at once by signal {signum}; {run_dir / CHECKPOINT} is the last one saved", file=sys.stderr)
@@ -522,6 +531,8 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
     agent = Agent(envs.single_action_space.n).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     start = start_point(args, checkpoint, agent, optimizer)
+    if checkpoint is not None:
+        record_total_timesteps(args, run_dir, start.iteration)
     writer = SummaryWriter(str(run_dir), purge_step=start.purge_step)
     if checkpoint is None:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
@@ -705,6 +716,8 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
                 save_checkpoint(run_dir / CHECKPOINT, agent, optimizer, iteration, global_step)
             if stop.signum is not None:
                 break
+    except FloatingPointError as error:
+        raise NonFiniteLoss(iteration, str(error)) from None
     finally:
         progress.close()
         writer.close()

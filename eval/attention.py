@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -505,8 +504,11 @@ def run(args: Args) -> dict:
     check_args(args)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     loaded = load_agent(args.run, device)
-    if not args.out and not os.access(loaded.run_dir, os.W_OK | os.X_OK):
-        raise EvalError(f"{loaded.run_dir} is not writable; give --out")
+    if not args.out:
+        try:
+            check_writable_dir(loaded.run_dir, "run folder")
+        except ValueError as error:
+            raise EvalError(f"{error}; give --out") from None
     if args.frames:
         frames, source = load_frames(args.frames, loaded.config["env"], loaded.num_actions)
         returns = None
