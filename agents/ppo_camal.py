@@ -530,13 +530,13 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
     """Train from the start or from ``checkpoint``; returns the signal that stopped it, if one did."""
     agent = Agent(envs.single_action_space.n).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-    start = start_point(args, checkpoint, agent, optimizer)
+    begin = start_point(args, checkpoint, agent, optimizer)
     if checkpoint is not None:
-        record_total_timesteps(args, run_dir, start.iteration)
-    writer = SummaryWriter(str(run_dir), purge_step=start.purge_step)
+        record_total_timesteps(args, run_dir, begin.iteration)
+    writer = SummaryWriter(str(run_dir), purge_step=begin.purge_step)
     if checkpoint is None:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    mask_generator = torch.Generator(device=device).manual_seed(start.mask_seed)
+    mask_generator = torch.Generator(device=device).manual_seed(begin.mask_seed)
 
     # ALGO Logic: Storage setup
     obs_shape = envs.single_observation_space["pixels"].shape
@@ -550,9 +550,9 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
     # TRY NOT TO MODIFY: start the game
-    global_step = start.global_step
+    global_step = begin.global_step
     start_time = time.time()
-    next_obs, _ = envs.reset(seed=start.reset_seed)
+    next_obs, _ = envs.reset(seed=begin.reset_seed)
     next_pixels = torch.as_tensor(next_obs["pixels"], device=device)
     next_mask = torch.as_tensor(next_obs["mask"], device=device).bool()
     next_done = torch.zeros(args.num_envs, device=device)
@@ -562,7 +562,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
     progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="step",
                     desc=run_dir.name, dynamic_ncols=True, mininterval=2)
     try:
-        for iteration in range(start.iteration + 1, args.num_iterations + 1):
+        for iteration in range(begin.iteration + 1, args.num_iterations + 1):
             # Annealing the rate if instructed to do so.
             if args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
@@ -615,16 +615,17 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
             b_returns = returns.reshape(-1)
             b_values = values.reshape(-1)
             if not target_seen:
-                target_seen = warn_if_no_target(args, b_masks, iteration - start.iteration,
-                                                args.num_iterations - start.iteration)
+                target_seen = warn_if_no_target(args, b_masks, iteration - begin.iteration,
+                                                args.num_iterations - begin.iteration)
 
             # Optimizing the policy and value network
             b_inds = np.arange(args.batch_size)
             clipfracs, attn_losses = [], []
             for epoch in range(args.update_epochs):
                 np.random.shuffle(b_inds)
-                for start_index in range(0, args.batch_size, args.minibatch_size):
-                    mb_inds = b_inds[start_index : start_index + args.minibatch_size]
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    end = start + args.minibatch_size
+                    mb_inds = b_inds[start:end]
                     mb_pixels = b_pixels[mb_inds].float()
                     mb_unit_pixels = None
                     if args.attn_loss == "rrr":  # RRR differentiates w.r.t. pixels scaled to [0, 1]
@@ -707,7 +708,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
             if attn_losses:
                 writer.add_scalar(f"losses/{args.attn_loss}_loss", np.mean(attn_losses), global_step)
             log_attention(writer, agent, b_pixels, b_masks, b_actions, global_step, args, iteration)
-            sps = int((global_step - start.global_step) / (time.time() - start_time))
+            sps = int((global_step - begin.global_step) / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
             recent = f"{np.mean(recent_returns):.1f}" if recent_returns else "n/a"
             progress.set_postfix(sps=sps, ret=recent)
