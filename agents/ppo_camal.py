@@ -18,9 +18,10 @@ import dataclasses
 import importlib.util
 import json
 import math
+import itertools
 import os
-import shutil
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -281,15 +282,18 @@ class Agent(nn.Module):
 def create_run_dir(args: Args) -> Path:
     """A new run folder named env__exp_name__seed__time; a launch in the same second gets a suffix."""
     name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    for attempt in range(1, 1000):
+    for attempt in itertools.count(1):
         run_dir = Path(args.runs_dir) / (name if attempt == 1 else f"{name}-{attempt}")
         try:
             run_dir.mkdir(parents=True)
         except FileExistsError:
             continue
-        (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(args), indent=2))
+        write_config(run_dir, args)
         return run_dir
-    raise ValueError(f"{Path(args.runs_dir) / name}: 999 run folders of that name already exist")
+
+
+def write_config(run_dir: Path, args: Args) -> None:
+    (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(dataclasses.replace(args, resume=None)), indent=2))
 
 
 def load_run_config(run_dir: Path) -> Args:
@@ -377,14 +381,14 @@ def start_point(args: Args, checkpoint: dict | None, agent: Agent, optimizer: op
     if checkpoint is None:
         return StartPoint(0, 0, args.seed, args.seed, None)
     if checkpoint["num_actions"] != agent.actor.out_features:
-        raise CheckpointMismatch(f"{Path(args.resume) / CHECKPOINT}: made for {checkpoint['num_actions']} actions, "
-                         f"but '{args.env}' has {agent.actor.out_features}")
+        raise CheckpointMismatch(f"{Path(args.resume) / CHECKPOINT}: made for {checkpoint['num_actions']} "
+                                 f"actions, but '{args.env}' has {agent.actor.out_features}")
     try:
         agent.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointMismatch(f"{Path(args.resume) / CHECKPOINT}: weights do not fit the agent "
-                         f"({str(error).splitlines()[0]})") from None
+                                 f"({str(error).splitlines()[0]})") from None
     rng = checkpoint["rng"]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
@@ -402,7 +406,7 @@ def record_total_timesteps(args: Args, run_dir: Path, iteration: int) -> None:
     saved_total = load_run_config(run_dir).total_timesteps
     if args.total_timesteps == saved_total:
         return
-    (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    write_config(run_dir, args)
     if args.anneal_lr:
         warn(f"training to {args.total_timesteps} steps instead of {saved_total}: the learning rate now anneals to 0 "
              f"over the new total ({(1 - iteration / args.num_iterations) * args.learning_rate:.3g} at the resume point)")
