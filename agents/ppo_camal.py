@@ -6,7 +6,7 @@
 
 The CAMAL block (marked below) computes a differentiable Grad-CAM of the policy for the action taken
 in the rollout, on every minibatch, and adds lambda * mean(beta - alpha) to the PPO loss
-(../shared/CAMAL.md sections 3-4). Acting is a plain forward pass.
+(docs/method.md, "Attention" and "The CAMAL loss"). Acting is a plain forward pass.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.attention import MASK_SOURCES, camal_loss, grad_cam, has_target, relevance_mass, rrr_loss, training_masks
-from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env
+from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env, reward_scale_for
 from masks import mask_outline, targets_for
+from scenarios import is_config_path, short_name
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -43,7 +44,8 @@ CONFIG = "config.json"
 @dataclass
 class Args:
     env: str = "basic"
-    """scenario short name (basic, defend_the_center, health_gathering, ...; see envs.SCENARIOS)"""
+    """scenario: a stock short name (basic, defend_the_center, ...; scenarios/table.py) or the path of a .cfg
+    file (a custom scenario: needs --targets and --reward-scale or another --reward-transform; README)"""
     exp_name: str = ""
     """name of the experiment in the run folder's name (default: the method, e.g. camal, vanilla)"""
     seed: int = 1
@@ -72,6 +74,8 @@ class Args:
     # Environment
     reward_transform: Literal["scale", "clip", "none"] = "scale"
     """learning reward: per-scenario scale (measured to learn), clip to [-1, 1] (the paper's), or none"""
+    reward_scale: float | None = None
+    """factor of --reward-transform scale (default: the stock scenario's; a custom .cfg has none; README)"""
     targets: str | None = None
     """override the scenario's target objects, comma-separated names or categories (e.g. Monster,Medikit)"""
     engines_per_worker: int | None = None
@@ -111,7 +115,7 @@ class Args:
     target_kl: float | None = None
     """stop the update early when the approximate KL exceeds this"""
 
-    # Attention loss (CAMAL.md section 4)
+    # Attention loss (docs/method.md, "The CAMAL loss")
     attn_loss: Literal["none", "camal", "rrr"] = "camal"
     """attention loss: none (vanilla PPO), camal, or rrr (Right for the Right Reasons control)"""
     camal_coef: float = 0.1
@@ -138,9 +142,8 @@ def method_label(args: Args) -> str:
 
 def check_args(args: Args) -> None:
     """Raise ValueError (one line: what was wrong, what is valid) for bad arguments."""
-    check_scenario(args.env)
-    if args.targets is not None:
-        targets_for(args.env, args.targets)
+    reward_scale_for(check_scenario(args.env), args.reward_transform, args.reward_scale)
+    targets_for(args.env, args.targets)
     if args.engines_per_worker is not None and args.engines_per_worker <= 0:
         raise ValueError(f"--engines-per-worker must be > 0 (or omitted for the default), got {args.engines_per_worker}")
     if args.camal_coef < 0:
@@ -270,13 +273,15 @@ def main(args: Args) -> Path:
         check_args(args)
     except ValueError as error:
         sys.exit(f"error: {error}")
+    if is_config_path(args.env):  # recorded absolute, so every tool re-opens it from anywhere
+        args.env = str(Path(args.env).expanduser().resolve())
     args.method = method_label(args)
     args.exp_name = args.exp_name or args.method
     args.batch_size = args.num_envs * args.num_steps
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // args.batch_size
     if not args.resume:
-        run_dir = Path(args.runs_dir) / f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = Path(args.runs_dir) / f"{short_name(args.env)}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir.mkdir(parents=True, exist_ok=False)
         (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(args), indent=2))
     run_name = run_dir.name
@@ -296,6 +301,7 @@ def main(args: Args) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     envs = make_vector_env(args.env, args.num_envs, targets=args.targets, reward_transform=args.reward_transform,
+                           reward_scale=args.reward_scale,
                            video_dir=f"videos/{run_name}" if args.capture_video else None,
                            engines_per_worker=args.engines_per_worker)
     try:

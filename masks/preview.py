@@ -7,11 +7,13 @@ each frame's title lists the objects inside the mask.
 
     python masks/preview.py --env basic --frames 8 --out mask_preview.png
     python masks/preview.py --env deadly_corridor --targets Monster,Explosive
+    python masks/preview.py --env path/to/my.cfg --targets Cacodemon      # a custom scenario
 """
 
 from __future__ import annotations
 
 from collections import Counter
+import sys
 from dataclasses import dataclass
 
 import matplotlib
@@ -23,6 +25,7 @@ import tyro  # noqa: E402
 
 from envs.doom import check_scenario, make_env  # noqa: E402
 from masks.labels import label_mask, targets_for  # noqa: E402
+from scenarios import short_name  # noqa: E402
 
 FILL_RGBA = (1.0, 0.15, 0.15, 0.45)
 OUTLINE_COLOUR = "yellow"
@@ -31,7 +34,7 @@ OUTLINE_COLOUR = "yellow"
 @dataclass
 class Args:
     env: str = "basic"
-    """Scenario name (see envs.doom.SCENARIOS)."""
+    """Scenario: a stock short name (scenarios/table.py) or the path of a .cfg file (then --targets is needed)."""
     frames: int = 8
     """How many frames to draw."""
     out: str = "mask_preview.png"
@@ -67,7 +70,7 @@ def objects_in_mask(state, targets: tuple[str, ...]) -> list[str]:
 
 def capture_frames(scenario: str, targets: tuple[str, ...], count: int, every: int, seed: int) -> list[Frame]:
     """Random play; every ``every`` steps keep the engine state and the agent's observation."""
-    env = make_env(scenario, targets=targets)
+    env = make_env(scenario, targets=targets, reward_transform="none")  # rewards are not drawn
     env.action_space.seed(seed)
     frames: list[Frame] = []
     try:
@@ -132,15 +135,18 @@ def draw_grid(frames: list[Frame], scenario: str, targets: tuple[str, ...], colu
                     f"step {frame.step}: {describe_objects(frame.objects)}")
         draw_masked(observation_ax, frame.observation, frame.observation_mask,
                     f"84x84 obs, {int(frame.observation_mask.sum())} px")
-    figure.suptitle(f"{scenario}: mask of {', '.join(targets)}")
+    figure.suptitle(f"{short_name(scenario)}: mask of {', '.join(targets)}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 def main(args: Args) -> None:
-    check_scenario(args.env)
-    targets = targets_for(args.env, args.targets)
+    try:
+        check_scenario(args.env)
+        targets = targets_for(args.env, args.targets)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     frames = capture_frames(args.env, targets, args.frames, args.every, args.seed)
     draw_grid(frames, args.env, targets, args.columns, args.out)
     non_empty = sum(bool(frame.objects) for frame in frames)
