@@ -8,7 +8,6 @@ works from anywhere.
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 from pathlib import Path
@@ -26,7 +25,6 @@ def config_path(spec: Scenario) -> str:
     return os.path.join(vzd.scenarios_path, spec.config_file)
 
 
-@functools.lru_cache(maxsize=None)
 def _loaded_config(cfg: str) -> tuple[str, tuple[str, ...]]:
     """(doom_scenario_path as written in the .cfg, names of its delta buttons)."""
     game = vzd.DoomGame()
@@ -89,7 +87,6 @@ def check_scenario(env: str) -> Scenario:
     return spec
 
 
-@functools.lru_cache(maxsize=None)
 def objects_seen(env: str, frames: int = SCAN_FRAMES, seed: int = 0) -> dict[str, str]:
     """{object name: category} of every labelled object in the first ``frames`` agent steps of random
     play (one random button at a time, frame skip 4, new episodes as needed)."""
