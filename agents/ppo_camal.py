@@ -6,7 +6,7 @@
 
 The CAMAL block (marked below) computes a differentiable Grad-CAM of the policy for the action taken
 in the rollout, on every minibatch, and adds lambda * mean(beta - alpha) to the PPO loss
-(docs/method.md, "Attention" and "The CAMAL loss"). Acting is a plain forward pass.
+(docs/method.md s.3-4). Acting is a plain forward pass.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class Args:
     target_kl: float | None = None
     """stop the update early when the approximate KL exceeds this"""
 
-    # Attention loss (docs/method.md, "The CAMAL loss")
+    # Attention loss (docs/method.md s.4)
     attn_loss: Literal["none", "camal", "rrr"] = "camal"
     """attention loss: none (vanilla PPO), camal, or rrr (Right for the Right Reasons control)"""
     camal_coef: float = 0.1

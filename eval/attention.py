@@ -1,4 +1,4 @@
-"""Attention metrics of a trained agent (docs/method.md, "Metrics"): alignment and faithfulness.
+"""Attention metrics of a trained agent (docs/method.md s.5): alignment and faithfulness.
 
     python eval/attention.py runs/basic__camal__1__1700000000                 # 10 episodes, sampled actions
     python eval/attention.py runs/RUN --record-frames frames_basic.npz        # also keep the frames

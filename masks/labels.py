@@ -2,7 +2,7 @@
 
 Label values are reassigned every frame by draw order, so the class of a pixel is looked up
 through ``state.labels`` (value -> object_name, object_category) and never inferred from the value.
-A target is an object name (``Cacodemon``) or a category (``Monster``); see docs/method.md, "Masks".
+A target is an object name (``Cacodemon``) or a category (``Monster``); see docs/method.md s.2.
 Each stock scenario's targets are in its record (scenarios/table.py); a custom scenario's come from
 ``--targets``.
 """
