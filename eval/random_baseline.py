@@ -28,6 +28,9 @@ from envs import check_scenario, make_doom_env
 
 @dataclass
 class Args:
+    """Measure R_random, the mean true return of a uniform random policy, +- its standard error; print
+    the fields for the scenario's record and, with --out, add them to a JSON for eval/aggregate.py."""
+
     env: str = "basic"
     """scenario: a stock short name (scenarios/table.py) or the path of a .cfg file"""
     episodes: int = 2000
