@@ -1,4 +1,4 @@
-"""Attention of a policy and the losses that shape it (../shared/CAMAL.md sections 3-4).
+"""Attention of a policy and the losses that shape it (docs/method.md s.3-4).
 
 Defined once here; the agent (agents/ppo_camal.py) and the evaluation (eval/) both import it.
 Shapes: features A (B, K, h, w), logits (B, num_actions), masks G (B, H, W) in {0, 1}.

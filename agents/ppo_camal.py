@@ -6,7 +6,7 @@
 
 The CAMAL block (marked below) computes a differentiable Grad-CAM of the policy for the action taken
 in the rollout, on every minibatch, and adds lambda * mean(beta - alpha) to the PPO loss
-(docs/method.md). Acting is a plain forward pass.
+(docs/method.md s.3-4). Acting is a plain forward pass.
 
 Where the logic is CleanRL's, so are the names and the section comments; what a run does on
 --resume, Ctrl-C / SIGTERM and bad input is gathered in the "run folder" section below.
@@ -41,8 +41,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.attention import MASK_SOURCES, attention_loss, grad_cam, has_target, relevance_mass, training_masks
-from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env
+from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env, reward_scale_for
 from masks import mask_outline, targets_for
+from scenarios import is_config_path, short_name
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -51,7 +52,8 @@ CONFIG = "config.json"
 @dataclass
 class Args:
     env: str = "basic"
-    """scenario short name (basic, defend_the_center, health_gathering, ...; see envs.SCENARIOS)"""
+    """scenario: a stock short name (basic, defend_the_center, ...; scenarios/table.py) or the path of a .cfg
+    file (a custom scenario: needs --targets and --reward-scale or another --reward-transform; README)"""
     exp_name: str = ""
     """name of the experiment in the run folder's name (default: the method, e.g. camal, vanilla)"""
     seed: int = 1
@@ -82,6 +84,8 @@ class Args:
     # Environment
     reward_transform: Literal["scale", "clip", "none"] = "scale"
     """learning reward: per-scenario scale (measured to learn), clip to [-1, 1] (the paper's), or none"""
+    reward_scale: float | None = None
+    """factor of --reward-transform scale (default: the stock scenario's; a custom .cfg has none; README)"""
     targets: str | None = None
     """override the scenario's target objects, comma-separated names or categories (e.g. Monster,Medikit); not empty"""
     engines_per_worker: int | None = None
@@ -121,7 +125,7 @@ class Args:
     target_kl: float | None = None
     """stop the update early when the approximate KL exceeds this"""
 
-    # Attention loss (CAMAL.md section 4)
+    # Attention loss (docs/method.md s.4)
     attn_loss: Literal["none", "camal", "rrr"] = "camal"
     """attention loss: none (vanilla PPO), camal, or rrr (Right for the Right Reasons control)"""
     camal_coef: float = 0.1
@@ -163,15 +167,14 @@ def warn(message: str) -> None:
 
 def check_args(args: Args) -> None:
     """Raise ValueError (one line: what was wrong, what is valid) for bad arguments."""
-    check_scenario(args.env)
-    if args.targets is not None:
-        targets_for(args.env, args.targets)
     for field in dataclasses.fields(args):
         value = getattr(args, field.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{flag(field.name)} must be a finite number, got {value}")
     if not 0 <= args.seed <= SEED_MAX:
         raise ValueError(f"--seed must be in [0, {SEED_MAX}] (numpy's seed range), got {args.seed}")
+    reward_scale_for(check_scenario(args.env), args.reward_transform, args.reward_scale)
+    targets_for(args.env, args.targets)
     if args.engines_per_worker is not None and args.engines_per_worker <= 0:
         raise ValueError(f"--engines-per-worker must be > 0 (or omitted for the default), got {args.engines_per_worker}")
     if args.camal_coef < 0:
@@ -281,7 +284,7 @@ class Agent(nn.Module):
 
 def create_run_dir(args: Args) -> Path:
     """A new run folder named env__exp_name__seed__time; a launch in the same second gets a suffix."""
-    name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    name = f"{short_name(args.env)}__{args.exp_name}__{args.seed}__{int(time.time())}"
     for attempt in itertools.count(1):
         run_dir = Path(args.runs_dir) / (name if attempt == 1 else f"{name}-{attempt}")
         try:
@@ -480,6 +483,8 @@ def main(args: Args) -> Path:
     if args.total_timesteps % args.batch_size:
         warn(f"--total-timesteps {args.total_timesteps} is not a multiple of the batch (num_envs x num_steps = "
              f"{args.batch_size}): {args.num_iterations * args.batch_size} steps will run")
+    if is_config_path(args.env):  # recorded absolute, so every tool re-opens it from anywhere
+        args.env = str(Path(args.env).expanduser().resolve())
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -505,7 +510,7 @@ def main(args: Args) -> Path:
 
         # env setup
         envs = make_vector_env(args.env, args.num_envs, targets=args.targets, reward_transform=args.reward_transform,
-                               video_dir=f"videos/{run_name}" if args.capture_video else None,
+                               reward_scale=args.reward_scale, video_dir=f"videos/{run_name}" if args.capture_video else None,
                                engines_per_worker=args.engines_per_worker)
     except BaseException:
         if not args.resume:  # the run never started

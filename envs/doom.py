@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from typing import Callable
 
 import cv2
@@ -32,6 +31,7 @@ from vizdoom.gymnasium_wrapper.gymnasium_env_defns import VizdoomScenarioEnv
 
 from envs.multi_engine import MultiEngineVectorEnv
 from masks import label_mask, targets_for
+from scenarios import SCENARIOS, Scenario, check_scenario, config_path, wad_path  # noqa: F401 (SCENARIOS: re-exported)
 
 FRAME_SKIP = 4
 FRAME_SIZE = 84
@@ -40,54 +40,32 @@ STACK_SIZE = 4
 SCREEN_RESOLUTION = "RES_160X120"
 
 
-@dataclass(frozen=True)
-class Scenario:
-    config_file: str
-    reward_scale: float
-    """Learning reward = true reward x this (reward transform ``scale``)."""
-    max_episode_steps: int | None = None
-    """Cap (agent steps, after frame skip) for scenarios without an engine timeout."""
-
-
-# reward_scale brings a typical per-step reward to O(0.01-1): basic's -4 per step and +101 per kill
-# become -0.04 and +1.01 (measured to learn, see README), counting rewards (kills) stay as they are.
-# take_cover and defend_the_line have no engine timeout: capped at 525 steps = 2100 tics, the
-# timeout the other stock scenarios use.
-SCENARIOS: dict[str, Scenario] = {
-    "basic": Scenario("basic.cfg", 0.01),
-    "simpler_basic": Scenario("simpler_basic.cfg", 0.01),
-    "rocket_basic": Scenario("rocket_basic.cfg", 0.01),
-    "defend_the_center": Scenario("defend_the_center.cfg", 1.0),
-    "defend_the_line": Scenario("defend_the_line.cfg", 1.0, max_episode_steps=525),
-    "health_gathering": Scenario("health_gathering.cfg", 0.01),
-    "health_gathering_supreme": Scenario("health_gathering_supreme.cfg", 0.01),
-    "take_cover": Scenario("take_cover.cfg", 0.01, max_episode_steps=525),
-    "deadly_corridor": Scenario("deadly_corridor.cfg", 0.01),
-    "my_way_home": Scenario("my_way_home.cfg", 1.0),
-    "predict_position": Scenario("predict_position.cfg", 1.0),
-    "deathmatch": Scenario("deathmatch.cfg", 1.0),
-}
-
 REWARD_TRANSFORMS = ("scale", "clip", "none")
 
 
-def check_scenario(name: str) -> Scenario:
-    if name not in SCENARIOS:
-        playable = ", ".join(n for n in SCENARIOS if n != "deathmatch")
-        raise ValueError(f"unknown scenario '{name}'; valid: {playable}")
-    if name == "deathmatch":
-        raise ValueError(
-            "scenario 'deathmatch' uses delta (mouse-like) buttons, which this discrete-action PPO "
-            f"does not support; valid: {', '.join(n for n in SCENARIOS if n != 'deathmatch')}"
-        )
-    return SCENARIOS[name]
+def reward_scale_for(spec: Scenario, reward_transform: str, reward_scale: float | None = None) -> float | None:
+    """The factor of the ``scale`` transform: ``reward_scale`` if given, else the scenario's; a custom
+    scenario has none, so its reward transform must be chosen explicitly."""
+    if reward_transform not in REWARD_TRANSFORMS:
+        raise ValueError(f"unknown reward transform '{reward_transform}'; valid: {', '.join(REWARD_TRANSFORMS)}")
+    if reward_transform != "scale":
+        return None
+    scale = spec.reward_scale if reward_scale is None else reward_scale
+    if scale is None:
+        raise ValueError(f"custom scenario {spec.name} has no reward scale: give --reward-scale (README, Custom "
+                         f"scenarios, says how to pick it) or --reward-transform clip or none")
+    if not scale > 0:
+        raise ValueError(f"the reward scale must be > 0, got {scale}")
+    return scale
 
 
 def make_doom_env(scenario: str, render_mode: str | None = None) -> VizdoomScenarioEnv:
-    """The raw vizdoom gymnasium env: frame skip 4, grey screen, label buffer on, one button at a time."""
+    """The raw vizdoom gymnasium env: frame skip 4, grey screen, label buffer on, one button at a time.
+    ``scenario``: a stock short name or a .cfg path (README, Custom scenarios)."""
     spec = check_scenario(scenario)
     return VizdoomScenarioEnv(
-        spec.config_file,
+        config_path(spec),
+        doom_scenario_path=wad_path(spec),
         frame_skip=FRAME_SKIP,
         max_buttons_pressed=1,
         render_mode=render_mode,
@@ -149,11 +127,13 @@ def make_env(
     targets: tuple[str, ...] | None = None,
     reward_transform: str = "scale",
     render_mode: str | None = None,
+    reward_scale: float | None = None,
 ) -> gym.Env:
-    """One preprocessed environment. ``targets`` default to the scenario's (masks.SCENARIO_TARGETS)."""
+    """One preprocessed environment of a stock short name or a .cfg path. ``targets`` and
+    ``reward_scale`` default to the scenario's record (scenarios/table.py); a custom scenario needs
+    both (or a reward transform other than ``scale``)."""
     spec = check_scenario(scenario)
-    if reward_transform not in REWARD_TRANSFORMS:
-        raise ValueError(f"unknown reward transform '{reward_transform}'; valid: {', '.join(REWARD_TRANSFORMS)}")
+    scale = reward_scale_for(spec, reward_transform, reward_scale)
     targets = targets_for(scenario, targets)
     env: gym.Env = make_doom_env(scenario, render_mode=render_mode)
     if spec.max_episode_steps is not None:
@@ -163,7 +143,7 @@ def make_env(
     env = WithNewestMask(env, targets)
     env = RecordEpisodeStatistics(env)  # true returns, before the reward transform
     if reward_transform == "scale":
-        env = TransformReward(env, lambda r, s=spec.reward_scale: r * s)
+        env = TransformReward(env, lambda r, s=scale: r * s)
     elif reward_transform == "clip":
         env = ClipReward(env, -1.0, 1.0)
     return env
@@ -183,6 +163,7 @@ def make_vector_env(
     asynchronous: bool = True,
     video_dir: str | None = None,
     engines_per_worker: int | None = None,
+    reward_scale: float | None = None,
 ) -> gym.vector.VectorEnv:
     """N environments in worker processes, each worker stepping ``engines_per_worker`` engines
     (default: about one worker per core; see envs/multi_engine.py), or all in this process with
@@ -192,8 +173,9 @@ def make_vector_env(
     returned observation and mask are the new episode's first; the all-zero terminal observation is in
     ``info["final_obs"]`` and the episode statistics in ``info["final_info"]["episode"]``.
     """
-    check_scenario(scenario)
-    targets = targets_for(scenario, targets)  # validate here, not in N subprocesses
+    # validate here, not in N subprocesses
+    reward_scale = reward_scale_for(check_scenario(scenario), reward_transform, reward_scale)
+    targets = targets_for(scenario, targets)
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
     if engines_per_worker is None:
@@ -205,9 +187,9 @@ def make_vector_env(
 
     def thunk(index: int) -> gym.Env:
         if video_dir is not None and index == 0:
-            env = make_env(scenario, targets, reward_transform, render_mode="rgb_array")
+            env = make_env(scenario, targets, reward_transform, render_mode="rgb_array", reward_scale=reward_scale)
             return RecordVideo(env, video_dir, disable_logger=True)
-        return make_env(scenario, targets, reward_transform)
+        return make_env(scenario, targets, reward_transform, reward_scale=reward_scale)
 
     thunks: list[Callable[[], gym.Env]] = [functools.partial(thunk, i) for i in range(num_envs)]
     if not asynchronous:

@@ -9,8 +9,8 @@ true episodic return, logged at the global step at which each episode ended).
 - Final score of a run: the mean true return of the episodes that ended in the last
   ``--final-fraction`` (default 10%) of the run's logged steps, i.e. at a step >= (1 - fraction) x L,
   where L is the step of the run's last logged episode.
-- Normalised per scenario, ``(R - R_random) / (R_max - R_random)``, with the constants of
-  ``NORMALISATION`` below.
+- Normalised per scenario, ``(R - R_random) / (R_max - R_random)``, with the constants of the
+  scenario's record (scenarios/table.py) or of ``--normalisation FILE`` (from eval/random_baseline.py).
 - IQM, mean, median and optimality gap over scenarios x seeds with stratified-bootstrap 95% CIs
   (rliable ``get_interval_estimates``, ``--reps`` replications), per method. As in rliable, the
   median is the median over scenarios of the mean over seeds, the optimality gap is
@@ -48,52 +48,14 @@ import pandas as pd  # noqa: E402
 import tyro  # noqa: E402
 from rliable import library as rly  # noqa: E402
 from rliable import metrics  # noqa: E402
+from rliable import plot_utils  # noqa: E402
 from scipy.stats import trim_mean  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator  # noqa: E402
 
+from scenarios import SCENARIOS, is_config_path, short_name  # noqa: E402
+
 RETURN_TAG = "charts/episodic_return"
 ATTENTION_FILE = "attention_eval.json"
-
-# scenario: (R_random, R_max), true (untransformed) episodic returns of the project's env
-# (envs.make_env: frame skip 4, one button at a time, take_cover / defend_the_line capped at 525 steps).
-# R_random: mean return of a uniform random policy over 2000 episodes, +- its standard error. Measured
-#   with a short loop (not kept in the repo), run as `timeout 900 python measure_random.py SCENARIO 2000 1`:
-#   env = make_env(SCENARIO); env.action_space.seed(1); env.reset(seed=1); step with
-#   env.action_space.sample(), on terminated or truncated record info["episode"]["r"] and env.reset().
-# R_max: an upper bound of the return, derived per scenario below. "God mode" measurements ran the
-#   scenario's cfg in a plain vizdoom.DoomGame with "+sv_cheats 1" and the console command "god" (the
-#   player cannot die), repeating make_action(action, 4) as the env's frame skip does.
-NORMALISATION: dict[str, tuple[float, float]] = {
-    # random -162.6 +- 4.2. (The project's earlier -220 is the same measurement over only 30 episodes,
-    # seed 0: -220.2 +- 31.4.) Max 95: kill on the 2nd step (-4, then +106 kill -5 shot -2 tics); the
-    # best of 2000 random episodes, and no step-1 kill was ever seen.
-    "basic": (-162.6, 95.0),
-    # Same map script and rewards as basic (random -165.2 +- 4.2, best random episode 95).
-    "simpler_basic": (-165.2, 95.0),
-    # random -180.2 +- 3.8. Max 74: shoot on step 1 (-9), 5 steps of rocket flight (-4 each), kill step
-    # (+103, the only kill reward seen): the best of 2000 random episodes; no faster kill was seen.
-    "rocket_basic": (-180.2, 74.0),
-    # random 0.11 +- 0.02. Max 26: +1 a kill, 26 bullets (AMMO2 at reset), one shot kills, and no
-    # death penalty (-1) if alive at the 2100-tic timeout.
-    "defend_the_center": (0.11, 26.0),
-    # random 7.79 +- 0.08. Max NOT JUSTIFIED: 79 bullets (AMMO2 at reset) bound the kills (+1 each), but
-    # respawned monsters need several shots, so 79 is loose; no tight bound was found.
-    "defend_the_line": (7.79, 79.0),
-    # random 388.9 +- 2.4. Max 2100: +1 a tic alive for the 2100-tic timeout; measured with god mode on
-    # (standing still until the timeout returns exactly 2100.0).
-    "health_gathering": (388.9, 2100.0),
-    # random 307.4 +- 1.4. Max 2100, as health_gathering (god mode: 2100.0).
-    "health_gathering_supreme": (307.4, 2100.0),
-    # random 288.9 +- 3.2. Max 2100: +1 a tic alive, the env caps episodes at 525 steps = 2100 tics.
-    "take_cover": (288.9, 2100.0),
-    # random -89.3 +- 0.8. Max 2277.8: running straight to the vest with god mode on (the episode ends
-    # at the vest after 43 steps, same return for 3 seeds); the distance reward is all there is.
-    "deadly_corridor": (-89.3, 2277.8),
-    # random -0.06 +- 0.01. Max 1: +1 at the vest, minus a -0.0001 a tic living reward (bound, not reached).
-    "my_way_home": (-0.06, 1.0),
-    # random 0.01 +- 0.01. Max 1: +1 for the kill, minus -0.001 a tic (bound, not reached).
-    "predict_position": (0.01, 1.0),
-}
 
 SCORE_AGGREGATES = ("IQM", "mean", "median", "optimality gap")
 ATTENTION_AGGREGATES = ("IQM", "mean", "median")
@@ -123,6 +85,9 @@ class Args:
     """seed of numpy's global generator, set before each bootstrap (rliable draws its resamples from it)"""
     attention: bool = True
     """also aggregate the attention metrics of attention_eval.json files (--no-attention: returns only)"""
+    normalisation: str | None = None
+    """JSON of R_random and R_max per scenario, from eval/random_baseline.py --out (for custom scenarios, or
+    to replace a stock scenario's constants)"""
 
 
 @dataclass
@@ -137,6 +102,10 @@ class Run:
     returns: np.ndarray
     """true return of each episode"""
     attention: dict[str, float] = field(default_factory=dict)
+    r_random: float = np.nan
+    """R_random of the run's scenario (set by load_runs)"""
+    r_max: float = np.nan
+    """R_max of the run's scenario (set by load_runs)"""
 
 
 def find_run_dirs(runs_dir: Path) -> list[Path]:
@@ -187,7 +156,35 @@ def load_run(run_dir: Path) -> Run:
                int(config["total_timesteps"]), steps, returns, attention)
 
 
-def load_runs(runs_dir: Path) -> list[Run]:
+def normalisation_file(path: str | None) -> dict[str, dict]:
+    """{scenario: {"r_random": ..., "r_max": ...}} of a file from eval/random_baseline.py --out."""
+    if path is None:
+        return {}
+    try:
+        entries = json.loads(Path(path).read_text())
+        if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()):
+            raise ValueError("expected {scenario: {\"r_random\": R, \"r_max\": R}}")
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"cannot read --normalisation {path}: {error}")
+    # custom scenarios are keyed by their absolute .cfg path, as config.json records them
+    return {str(Path(k).expanduser().resolve()) if is_config_path(k) else k: v for k, v in entries.items()}
+
+
+def normalisation_bounds(env: str, entries: dict[str, dict]) -> tuple[float, float]:
+    """(R_random, R_max) of a scenario, from --normalisation or its record; refuses a scenario lacking one."""
+    entry = entries.get(env, {})
+    record = SCENARIOS.get(env)
+    r_random = entry.get("r_random", record.r_random if record else None)
+    r_max = entry.get("r_max", record.r_max if record else None)
+    if r_random is None or r_max is None:
+        missing = " and ".join(n for n, v in (("R_random", r_random), ("R_max", r_max)) if v is None)
+        raise SystemExit(f"error: scenario {env} has no {missing}, so its scores cannot be normalised: run "
+                         f"`python eval/random_baseline.py --env {env} --episodes 2000 --r-max R_MAX --out "
+                         f"normalisation.json` and pass --normalisation normalisation.json")
+    return float(r_random), float(r_max)
+
+
+def load_runs(runs_dir: Path, normalisation: str | None = None) -> list[Run]:
     dirs = find_run_dirs(runs_dir)
     print(f"reading {len(dirs)} run(s) under {runs_dir} ...", flush=True)
     runs = [load_run(d) for d in dirs]
@@ -198,10 +195,9 @@ def load_runs(runs_dir: Path) -> list[Run]:
             raise SystemExit(f"two runs of method '{run.method}' on '{run.env}' with seed {run.seed}: "
                              f"{seen[key]} and {run.path}")
         seen[key] = run.path
-    unknown = sorted({run.env for run in runs} - set(NORMALISATION))
-    if unknown:
-        raise SystemExit(f"scenario(s) {', '.join(unknown)} not in the normalisation table; "
-                         f"known: {', '.join(NORMALISATION)}")
+    entries = normalisation_file(normalisation)
+    for run in runs:
+        run.r_random, run.r_max = normalisation_bounds(run.env, entries)
     return runs
 
 
@@ -221,9 +217,8 @@ def final_return(run: Run, fraction: float) -> float:
     return float(windowed_mean_returns(run.steps, run.returns, np.array([1.0]), fraction)[0])
 
 
-def normalise(value, env: str):
-    random_return, max_return = NORMALISATION[env]
-    return (value - random_return) / (max_return - random_return)
+def normalise(value, run: Run):
+    return (value - run.r_random) / (run.r_max - run.r_random)
 
 
 def ordered_methods(methods, baseline: str) -> list[str]:
@@ -298,9 +293,23 @@ def estimate_rows(quantity: str, names, points: dict, intervals: dict) -> list[d
     return rows
 
 
+def plot_score_intervals(path: Path, points: dict, intervals: dict, names, title: str, colors: dict) -> None:
+    """rliable's interval-estimate panels: per metric, a bar for each method's CI and a tick at its point."""
+    fig, _ = plot_utils.plot_interval_estimates(points, intervals, list(names), colors=colors,
+                                                xlabel="normalised score", xlabel_y_coordinate=-0.25,
+                                                row_height=max(0.6, 0.45 * len(points)))
+    fig.suptitle(title, y=1.25, fontsize="x-large")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_intervals(path: Path, points: dict, intervals: dict, names, title: str, xlabel: str, colors: dict,
                    columns: int = 4) -> None:
-    """One panel per metric, ``columns`` to a row: a bar for each method's CI, a black tick at its point."""
+    """One panel per metric, ``columns`` to a row: a bar for each method's CI, a black tick at its point.
+
+    Drawn by hand for the attention metrics: rliable's plot_interval_estimates puts every metric in one
+    row (a dozen attention metrics would not fit) and needs every method to have every metric.
+    """
     methods = list(points)
     columns = min(columns, len(names))
     rows = -(-len(names) // columns)
@@ -327,15 +336,12 @@ def plot_intervals(path: Path, points: dict, intervals: dict, names, title: str,
 def plot_curves(
     path: Path, x: np.ndarray, points: dict, intervals: dict, xlabel: str, title: str, colors: dict
 ) -> None:
+    """rliable's sample-efficiency curves: IQM at each point, its 95% CI shaded."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, y in points.items():
-        low, high = intervals[method]
-        ax.plot(x, y, marker="o", markersize=3, color=colors[method], label=method)
-        ax.fill_between(x, low, high, color=colors[method], alpha=0.2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("IQM normalised return")
+    plot_utils.plot_sample_efficiency_curve(x, points, intervals, colors=colors, xlabel=xlabel,
+                                            ylabel="IQM normalised return", ax=ax, labelsize="large",
+                                            ticklabelsize="medium", marker="o", linewidth=1.5)
     ax.set_title(title)
-    ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -343,21 +349,17 @@ def plot_curves(
 
 
 def plot_probability_of_improvement(path: Path, points: dict, intervals: dict, baseline: str, colors: dict) -> None:
-    methods = list(points)
-    fig, ax = plt.subplots(figsize=(6.5, 1.6 + 0.5 * len(methods)))
-    for j, method in enumerate(methods):
-        low, high = np.ravel(intervals[method])
-        ax.barh(j, high - low, left=low, height=0.6, color=colors[method], alpha=0.7)
-        ax.vlines(points[method], j - 0.3, j + 0.3, color="k")
-    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
-    ax.set_yticks(range(len(methods)), [f"P({m} > {baseline})" for m in methods])
+    """rliable's probability-of-improvement bars: P(method > baseline), point and 95% CI."""
+    fig, ax = plt.subplots(figsize=(6.5, 1.6 + 0.5 * len(points)))
+    plot_utils.plot_probability_of_improvement(
+        {f"{m},{baseline}": float(np.ravel(p)[0]) for m, p in points.items()},
+        {f"{m},{baseline}": np.ravel(intervals[m]) for m in points}, ax=ax,
+        colors=[colors[m] for m in points], xticks=[0.0, 0.25, 0.5, 0.75, 1.0], xlabel="P(X > Y)",
+        left_ylabel="X", right_ylabel="Y", labelsize="large", ticklabelsize="medium")
     ax.set_xlim(0, 1)
-    ax.set_ylim(len(methods) - 0.4, -0.6)
-    ax.set_xlabel("probability of improvement (point, 95% CI)")
-    ax.set_title(f"Probability of improvement over {baseline}\n(normalised final score)")
-    ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_title(f"Probability of improvement over {baseline} (normalised final score, 95% CI)", pad=18)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -366,20 +368,19 @@ def aggregate_final_scores(runs: list[Run], args: Args, out: Path, colors: dict)
     rows = []
     for run in runs:
         value = final_return(run, args.final_fraction)
-        for quantity, point in (("final_return", value), ("normalised_score", normalise(value, run.env))):
+        for quantity, point in (("final_return", value), ("normalised_score", normalise(value, run))):
             rows.append(dict(quantity=quantity, metric="run", method=run.method, scenario=run.env, seed=run.seed,
                              point=point))
-    scores, scenarios = score_matrices(runs, lambda r: normalise(final_return(r, args.final_fraction), r.env),
+    scores, scenarios = score_matrices(runs, lambda r: normalise(final_return(r, args.final_fraction), r),
                                        "final scores", args.baseline)
     seeds = next(iter(scores.values())).shape[0]
-    print(f"{len(scores)} method(s) x {len(scenarios)} scenario(s) ({', '.join(scenarios)}) x {seeds} seed(s)")
+    print(f"{len(scores)} method(s) x {len(scenarios)} scenario(s) ({', '.join(map(short_name, scenarios))}) x {seeds} seed(s)")
     points, intervals = interval_estimates(scores, score_aggregates, args.reps, args.seed,
                                            "IQM, mean, median, optimality gap of the normalised final scores")
     rows += estimate_rows("normalised_score", SCORE_AGGREGATES, points, intervals)
-    plot_intervals(out / "interval_estimates.png", points, intervals, SCORE_AGGREGATES,
-                   f"Normalised final score: point and 95% stratified-bootstrap CI "
-                   f"({len(scenarios)} scenarios x {seeds} seeds)",
-                   "normalised score", colors)
+    plot_score_intervals(out / "interval_estimates.png", points, intervals, SCORE_AGGREGATES,
+                         f"Normalised final score: point and 95% stratified-bootstrap CI "
+                         f"({len(scenarios)} scenarios x {seeds} seeds)", colors)
 
     if args.baseline not in scores or len(scores) < 2:
         print(f"no probability of improvement: it needs method '{args.baseline}' (--baseline) and another")
@@ -396,7 +397,7 @@ def aggregate_curves(runs: list[Run], args: Args, out: Path, colors: dict) -> li
     """IQM of the normalised running-mean return at evenly spaced fractions of training, with CIs."""
     fractions = np.arange(1, args.curve_points + 1) / args.curve_points
     curves, scenarios = score_matrices(
-        runs, lambda r: normalise(windowed_mean_returns(r.steps, r.returns, fractions, args.final_fraction), r.env),
+        runs, lambda r: normalise(windowed_mean_returns(r.steps, r.returns, fractions, args.final_fraction), r),
         "sample-efficiency curves", args.baseline)
     complete = ~np.any([np.isnan(c).any(axis=(0, 1)) for c in curves.values()], axis=0)
     if not complete.any():
@@ -464,7 +465,7 @@ def main(args: Args) -> None:
         raise SystemExit(f"--final-fraction must be in (0, 1], got {args.final_fraction}")
     if args.reps < 1 or args.curve_points < 1:
         raise SystemExit(f"--reps and --curve-points must be >= 1, got {args.reps} and {args.curve_points}")
-    runs = load_runs(Path(args.runs_dir))
+    runs = load_runs(Path(args.runs_dir), args.normalisation)
     for run in runs:
         if run.steps[-1] < (1 - args.final_fraction) * run.total_timesteps:
             print(f"warning: run {run.path} logged returns only up to step {run.steps[-1]} of its "
@@ -473,8 +474,9 @@ def main(args: Args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     methods = ordered_methods((r.method for r in runs), args.baseline)
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    bounds = {r.env: (r.r_random, r.r_max) for r in runs}
     rows = [dict(quantity="normaliser", metric=name, scenario=env, point=value)
-            for env in sorted({r.env for r in runs}) for name, value in zip(("R_random", "R_max"), NORMALISATION[env])]
+            for env in sorted(bounds) for name, value in zip(("R_random", "R_max"), bounds[env])]
     rows += aggregate_final_scores(runs, args, out, colors)
     rows += aggregate_curves(runs, args, out, colors)
     if args.attention:

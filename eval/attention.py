@@ -1,4 +1,4 @@
-"""Attention metrics of a trained agent (../shared/CAMAL.md section 5): alignment and faithfulness.
+"""Attention metrics of a trained agent (docs/method.md s.5): alignment and faithfulness.
 
     python eval/attention.py runs/basic__camal__1__1700000000                 # 10 episodes, sampled actions
     python eval/attention.py runs/RUN --record-frames frames_basic.npz        # also keep the frames
@@ -191,7 +191,8 @@ def roll_out(loaded: LoadedAgent, episodes: int, seed: int, greedy: bool,
              device: torch.device) -> tuple[Frames, list[float]]:
     """Frames seen before each action (the terminal all-zero observation is never acted on)."""
     env = make_env(loaded.config["env"], targets=loaded.config.get("targets"),
-                   reward_transform=loaded.config.get("reward_transform", "scale"))
+                   reward_transform=loaded.config.get("reward_transform", "scale"),
+                   reward_scale=loaded.config.get("reward_scale"))
     try:
         if env.action_space.n != loaded.num_actions:
             raise EvalError(f"the checkpoint has {loaded.num_actions} actions, but scenario "

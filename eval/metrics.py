@@ -1,4 +1,4 @@
-"""Metrics of a trained agent's attention (CAMAL.md section 5).
+"""Metrics of a trained agent's attention (docs/method.md s.5).
 
 Conventions shared by every function here:
 - `maps` are un-normalised attention maps M >= 0, shape (B, H, W);
@@ -8,7 +8,7 @@ Conventions shared by every function here:
 Frames whose map is all zero have no place the agent "looks at": relevance mass, relevance
 rank and the pointing game are NaN there (rather than an arbitrary tie-break), and
 `zero_maps` lets the caller count them. Frames with an empty mask should be filtered out by
-the caller (CAMAL.md computes the metrics on frames with a non-empty mask); relevance rank is
+the caller (docs/method.md s.5: the metrics are computed on frames with a non-empty mask); relevance rank is
 NaN for them (K = 0).
 """
 

@@ -2,7 +2,6 @@
 
 from masks.labels import (
     NEVER_TARGETS,
-    SCENARIO_TARGETS,
     KNOWN_OBJECTS,
     label_mask,
     mask_outline,
@@ -13,7 +12,6 @@ from masks.labels import (
 
 __all__ = [
     "NEVER_TARGETS",
-    "SCENARIO_TARGETS",
     "KNOWN_OBJECTS",
     "label_mask",
     "mask_outline",

@@ -2,7 +2,9 @@
 
 Label values are reassigned every frame by draw order, so the class of a pixel is looked up
 through ``state.labels`` (value -> object_name, object_category) and never inferred from the value.
-A target is an object name (``Cacodemon``) or a category (``Monster``); see ../shared/CAMAL.md s.2.
+A target is an object name (``Cacodemon``) or a category (``Monster``); see docs/method.md s.2.
+Each stock scenario's targets are in its record (scenarios/table.py); a custom scenario's come from
+``--targets``.
 """
 
 from __future__ import annotations
@@ -12,21 +14,7 @@ from collections.abc import Iterable, Sequence
 import cv2
 import numpy as np
 
-# One table of the objects that should drive each scenario's decisions (CAMAL.md section 2).
-SCENARIO_TARGETS: dict[str, tuple[str, ...]] = {
-    "basic": ("Cacodemon",),
-    "simpler_basic": ("Cacodemon",),
-    "rocket_basic": ("Cacodemon",),
-    "defend_the_center": ("Demon", "MarineChainsawVzd"),
-    "defend_the_line": ("Demon", "DoomImp"),
-    "health_gathering": ("Medikit",),
-    "health_gathering_supreme": ("CustomMedikit", "Poison"),
-    "take_cover": ("DoomImp", "DoomImpBall"),
-    "deadly_corridor": ("Monster", "GreenArmor"),
-    "my_way_home": ("GreenArmor",),
-    "predict_position": ("Cacodemon",),
-    "deathmatch": ("Monster", "Player"),
-}
+from scenarios import SCAN_FRAMES, is_config_path, objects_seen, scenario_record
 
 # Categories and names that are never targets, whatever a target list says: the player's own
 # weapon, smoke and teleport fog, blood, corpses, engine internals and bullet puffs.
@@ -47,27 +35,48 @@ KNOWN_OBJECTS: frozenset[str] = frozenset(
 )
 
 
-def parse_targets(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """Validate a target override (comma-separated string or list) against the known objects."""
+def parse_targets(spec: str | Sequence[str], known: Iterable[str] = KNOWN_OBJECTS) -> tuple[str, ...]:
+    """Validate a target override (comma-separated string or list) against the ``known`` objects."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [s.strip() for s in spec]
     names = [n for n in names if n]
     if not names:
         raise ValueError("empty target list; give object names or categories, e.g. 'Cacodemon,Monster'")
+    known = frozenset(known)
     for name in names:
         if name in NEVER_TARGETS:
             raise ValueError(f"'{name}' can never be a target (never targets: {', '.join(sorted(NEVER_TARGETS))})")
-        if name not in KNOWN_OBJECTS:
-            raise ValueError(f"unknown target '{name}'; valid: {', '.join(sorted(KNOWN_OBJECTS))}")
+        if name not in known:
+            raise ValueError(f"unknown target '{name}'; valid: {', '.join(sorted(known))}")
     return tuple(names)
 
 
+def possible_targets_seen(scenario: str) -> dict[str, str]:
+    """{name: category} of the objects, never-targets left out, seen in a scenario's first frames of
+    random play."""
+    return {name: category for name, category in sorted(objects_seen(scenario).items())
+            if name not in NEVER_TARGETS and category not in NEVER_TARGETS}
+
+
 def targets_for(scenario: str, override: str | Sequence[str] | None = None) -> tuple[str, ...]:
-    """The scenario's default targets, or the validated override (an empty override is refused)."""
-    if override is not None:
-        return parse_targets(override)
-    if scenario not in SCENARIO_TARGETS:
-        raise ValueError(f"unknown scenario '{scenario}'; valid: {', '.join(sorted(SCENARIO_TARGETS))}")
-    return SCENARIO_TARGETS[scenario]
+    """The scenario's targets (its record's), or the validated override.
+
+    A custom scenario (a .cfg) has no default: without an override the error lists the objects seen
+    in its first frames of random play. Its override may also name objects only it has (seen there).
+    """
+    spec = scenario_record(scenario)
+    if override is not None:  # an empty override is refused, not the defaults
+        try:
+            return parse_targets(override)
+        except ValueError:
+            if not is_config_path(scenario):
+                raise
+        seen = possible_targets_seen(scenario)
+        return parse_targets(override, KNOWN_OBJECTS | set(seen) | set(seen.values()))
+    if spec.targets:
+        return spec.targets
+    raise ValueError(f"custom scenario {scenario} has no default targets: give --targets (object names or "
+                     f"categories, comma-separated); seen in its first {SCAN_FRAMES} frames of random play: "
+                     f"{', '.join(f'{n} ({c})' for n, c in possible_targets_seen(scenario).items()) or 'none'}")
 
 
 def target_values(labels: Iterable, targets: Iterable[str]) -> list[int]:

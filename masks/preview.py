@@ -7,6 +7,7 @@ each frame's title lists the objects inside the mask.
 
     python masks/preview.py --env basic --frames 8 --out mask_preview.png
     python masks/preview.py --env deadly_corridor --targets Monster,Explosive
+    python masks/preview.py --env path/to/my.cfg --targets Cacodemon      # a custom scenario
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import tyro  # noqa: E402
 
 from envs.doom import check_scenario, make_env  # noqa: E402
 from masks.labels import label_mask, targets_for  # noqa: E402
+from scenarios import short_name  # noqa: E402
 
 FILL_RGBA = (1.0, 0.15, 0.15, 0.45)
 OUTLINE_COLOUR = "yellow"
@@ -34,7 +36,7 @@ OUTLINE_COLOUR = "yellow"
 @dataclass
 class Args:
     env: str = "basic"
-    """Scenario name (see envs.doom.SCENARIOS)."""
+    """Scenario: a stock short name (scenarios/table.py) or the path of a .cfg file (then --targets is needed)."""
     frames: int = 8
     """How many frames to draw."""
     out: str = "mask_preview.png"
@@ -70,7 +72,7 @@ def objects_in_mask(state, targets: tuple[str, ...]) -> list[str]:
 
 def capture_frames(scenario: str, targets: tuple[str, ...], count: int, every: int, seed: int) -> list[Frame]:
     """Random play; every ``every`` steps keep the engine state and the agent's observation."""
-    env = make_env(scenario, targets=targets)
+    env = make_env(scenario, targets=targets, reward_transform="none")  # rewards are not drawn
     env.action_space.seed(seed)
     frames: list[Frame] = []
     try:
@@ -135,7 +137,7 @@ def draw_grid(frames: list[Frame], scenario: str, targets: tuple[str, ...], colu
                     f"step {frame.step}: {describe_objects(frame.objects)}")
         draw_masked(observation_ax, frame.observation, frame.observation_mask,
                     f"84x84 obs, {int(frame.observation_mask.sum())} px")
-    figure.suptitle(f"{scenario}: mask of {', '.join(targets)}")
+    figure.suptitle(f"{short_name(scenario)}: mask of {', '.join(targets)}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -11,12 +11,14 @@ from rliable import metrics
 from scipy.stats import trim_mean
 from torch.utils.tensorboard import SummaryWriter
 
-from eval.aggregate import (NORMALISATION, Args, final_return, load_runs, main, probability_of_improvement,
+from eval.aggregate import (Args, final_return, load_runs, main, probability_of_improvement,
                             windowed_mean_returns)
+from scenarios import SCENARIOS as RECORDS
 
 METHODS = ("vanilla", "camal")
 SCENARIOS = ("basic", "defend_the_center")
 SEEDS = (1, 2, 3)
+NORMALISATION = {env: (RECORDS[env].r_random, RECORDS[env].r_max) for env in SCENARIOS}
 TOTAL_TIMESTEPS = 10_000
 REPS = 200
 SEED = 7
@@ -245,10 +247,22 @@ def test_error_method_missing_a_scenario(tmp_path):
     assert "'camal' has 0 on 'defend_the_center'" in message
 
 
-def test_error_unknown_scenario(tmp_path):
+def test_scenario_without_constants_is_refused_naming_the_command_that_measures_them(tmp_path):
     write_run(tmp_path / "runs", "my_new_map", "vanilla", 1, *synthetic_history("basic", "vanilla", 1))
     message = run_main_expecting_exit(tmp_path, tmp_path / "runs")
-    assert "my_new_map" in message and "basic" in message and "take_cover" in message
+    assert "my_new_map" in message and "\n" not in message
+    assert "eval/random_baseline.py --env my_new_map" in message and "--normalisation" in message
+
+
+def test_normalisation_file_supplies_the_constants_of_a_scenario_without_a_record(tmp_path):
+    steps, returns = synthetic_history("basic", "vanilla", 1)
+    write_run(tmp_path / "runs", "my_new_map", "vanilla", 1, steps, returns)
+    constants = tmp_path / "normalisation.json"
+    constants.write_text(json.dumps({"my_new_map": {"r_random": -100.0, "r_max": 50.0}}))
+    main(Args(runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "out"), reps=REPS, normalisation=str(constants)))
+    csv = pd.read_csv(tmp_path / "out" / "aggregate.csv")
+    run_row = csv[(csv.quantity == "normalised_score") & (csv.metric == "run")].iloc[0]
+    assert run_row.point == pytest.approx((expected_final_return(steps, returns) + 100.0) / 150.0)
 
 
 def test_error_duplicate_seed(tmp_path):

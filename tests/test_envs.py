@@ -13,7 +13,7 @@ import pytest
 
 from envs.doom import (FRAME_SIZE, SCENARIOS, STACK_SIZE, make_doom_env, make_env,
                        make_vector_env)
-from masks.labels import KNOWN_OBJECTS, NEVER_TARGETS, SCENARIO_TARGETS, resize_mask
+from masks.labels import KNOWN_OBJECTS, NEVER_TARGETS, resize_mask
 
 SEED = 7
 
@@ -59,7 +59,7 @@ def assert_observation_equal(actual: dict, expected: dict, where: str) -> None:
                          ids=["async-1-engine-per-worker", "async-2-per-worker", "async-3-and-1", "sync"])
 def test_vector_env_matches_a_raw_engine_replay_frame_by_frame(asynchronous, engines_per_worker):
     scenario, num_envs, steps = "basic", 4, 250
-    targets = SCENARIO_TARGETS[scenario]
+    targets = SCENARIOS[scenario].targets
     reward_scale = SCENARIOS[scenario].reward_scale
     vector = make_vector_env(scenario, num_envs, asynchronous=asynchronous, engines_per_worker=engines_per_worker)
     raws = [make_doom_env(scenario) for _ in range(num_envs)]

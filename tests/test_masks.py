@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from envs.doom import make_doom_env
-from masks.labels import (KNOWN_OBJECTS, NEVER_TARGETS, SCENARIO_TARGETS, label_mask, parse_targets,
+from scenarios import SCENARIOS
+from masks.labels import (KNOWN_OBJECTS, NEVER_TARGETS, label_mask, parse_targets,
                           resize_mask, targets_for)
 
 WALL, FLOOR, WEAPON = 0, 1, 255
@@ -50,11 +51,11 @@ def random_play_states(scenario: str, steps: int, seed: int = 0) -> list:
 @pytest.mark.parametrize(
     "scenario, targets",
     [
-        ("basic", SCENARIO_TARGETS["basic"]),
-        ("defend_the_center", SCENARIO_TARGETS["defend_the_center"]),
-        ("health_gathering", SCENARIO_TARGETS["health_gathering"]),
-        ("deadly_corridor", SCENARIO_TARGETS["deadly_corridor"]),
-        ("take_cover", SCENARIO_TARGETS["take_cover"]),
+        ("basic", SCENARIOS["basic"].targets),
+        ("defend_the_center", SCENARIOS["defend_the_center"].targets),
+        ("health_gathering", SCENARIOS["health_gathering"].targets),
+        ("deadly_corridor", SCENARIOS["deadly_corridor"].targets),
+        ("take_cover", SCENARIOS["take_cover"].targets),
         # Explosive covers BulletPuff (a never-target by name) and the Cacodemon is a Monster
         ("basic", ("Monster", "Explosive")),
     ],
@@ -80,7 +81,7 @@ def test_mask_is_the_union_of_target_objects(scenario, targets):
 
 def test_basic_masks_are_nearly_never_empty():
     states = random_play_states("basic", steps=300, seed=1)
-    non_empty = [label_mask(s.labels_buffer, s.labels, SCENARIO_TARGETS["basic"]).any() for s in states]
+    non_empty = [label_mask(s.labels_buffer, s.labels, SCENARIOS["basic"].targets).any() for s in states]
     assert np.mean(non_empty) >= 0.95
 
 
@@ -155,7 +156,7 @@ def test_empty_target_list_is_refused():
 def test_unknown_scenario_in_targets_for_names_the_valid_ones():
     with pytest.raises(ValueError, match="nope") as error:
         targets_for("nope")
-    assert_one_line_listing(str(error.value), [s for s in SCENARIO_TARGETS if s != "deathmatch"])
+    assert_one_line_listing(str(error.value), [s for s in SCENARIOS if s != "deathmatch"])
 
 
 
