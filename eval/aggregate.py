@@ -46,8 +46,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tyro  # noqa: E402
-from rliable import library as rly  # noqa: E402
-from rliable import metrics  # noqa: E402
 from scipy.stats import trim_mean  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator  # noqa: E402
 
@@ -252,38 +250,70 @@ def score_matrices(
 
 
 def score_aggregates(scores: np.ndarray) -> np.ndarray:
-    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores),
-                     metrics.aggregate_median(scores), metrics.aggregate_optimality_gap(scores)])
+    """(reps, 4) IQM, mean, median, optimality gap of each (seeds, scenarios) sample of a (reps, seeds,
+    scenarios) array; rliable's definitions (``metrics.aggregate_*``), one sample per row."""
+    flat = scores.reshape(len(scores), -1)
+    return np.stack([trim_mean(flat, 0.25, axis=1), flat.mean(axis=1), np.median(scores.mean(axis=1), axis=1),
+                     1 - np.minimum(flat, 1).mean(axis=1)], axis=1)
 
 
 def attention_aggregates(scores: np.ndarray) -> np.ndarray:
-    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores), metrics.aggregate_median(scores)])
+    return score_aggregates(scores)[:, :3]
 
 
 def iqm_over_steps(scores: np.ndarray) -> np.ndarray:
-    """IQM over runs x scenarios at each step of a (seeds, scenarios, steps) array."""
-    return trim_mean(scores.reshape(-1, scores.shape[-1]), 0.25, axis=0)
+    """(reps, steps) IQM over runs x scenarios at each step of a (reps, seeds, scenarios, steps) array."""
+    return trim_mean(scores.reshape(scores.shape[0], -1, scores.shape[-1]), 0.25, axis=1)
 
 
-def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> float:
-    """P(X > Y) per scenario, ties counting 1/2, averaged over scenarios.
+def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> np.ndarray:
+    """(reps, 1) P(X > Y) per scenario, ties counting 1/2, averaged over scenarios, of (reps, seeds,
+    scenarios) arrays: rliable's ``metrics.probability_of_improvement`` (Mann-Whitney U / (n_x n_y))."""
+    x, y = scores_x[:, :, None, :], scores_y[:, None, :, :]
+    per_scenario = np.mean(x > y, axis=(1, 2)) + 0.5 * np.mean(x == y, axis=(1, 2))
+    return per_scenario.mean(axis=1, keepdims=True)
 
-    The same number as rliable's ``metrics.probability_of_improvement`` (Mann-Whitney U / (n_x n_y)),
-    computed for all scenarios at once: rliable's per-scenario scipy calls took minutes per pair at
-    50,000 bootstrap reps.
+
+BOOTSTRAP_CHUNK = 2_000_000  # resampled values held in memory at once
+
+
+def stratified_bootstrap(samples: list[np.ndarray], statistic: Callable, reps: int) -> np.ndarray:
+    """(reps, k) ``statistic`` of ``reps`` stratified resamples of ``samples`` (arrays (seeds, scenarios, ...)).
+
+    Vectorised form of rliable's ``StratifiedBootstrap`` (one sample) and ``StratifiedIndependentBootstrap``
+    (a pair, resampled independently): a resample picks a seed independently for every cell of each array,
+    drawn from numpy's global generator in rliable's order, so for a given ``np.random.seed`` the
+    intervals are rliable's to the last digit.
     """
-    x, y = scores_x[:, None, :], scores_y[None, :, :]
-    return float(np.mean(np.mean(x > y, axis=(0, 1)) + 0.5 * np.mean(x == y, axis=(0, 1))))
+    shapes = [sample.shape for sample in samples]
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    cells = [tuple(np.ogrid[tuple(slice(n) for n in shape[1:])]) for shape in shapes]
+    if len({shape[0] for shape in shapes}) > 1:  # unequal seed counts: rliable's draws, one replication at a time
+        return np.concatenate([statistic(*(sample[(np.random.randint(0, shape[0], size=(1, *shape)), *cell)]
+                                           for sample, shape, cell in zip(samples, shapes, cells)))
+                               for _ in range(reps)])
+    values, chunk = [], max(1, BOOTSTRAP_CHUNK // sum(sizes))
+    for start in range(0, reps, chunk):
+        count = min(chunk, reps - start)
+        rows = np.split(np.random.randint(0, shapes[0][0], size=(count, sum(sizes))), np.cumsum(sizes)[:-1], axis=1)
+        values.append(statistic(*(sample[(row.reshape(count, *shape), *cell)]
+                                  for sample, row, shape, cell in zip(samples, rows, shapes, cells))))
+    return np.concatenate(values)
 
 
-def interval_estimates(score_dict: dict, func: Callable, reps: int, seed: int, what: str) -> tuple[dict, dict]:
-    """rliable's stratified-bootstrap point and 95% interval estimates, reproducible for a seed."""
+def interval_estimates(score_dict: dict, statistic: Callable, reps: int, seed: int, what: str) -> tuple[dict, dict]:
+    """Point estimates and 95% percentile intervals of the stratified bootstrap, per method, reproducible
+    for a seed: rliable's ``get_interval_estimates`` with the same draws, vectorised (``statistic`` takes
+    arrays with a leading replication axis). A value is an array or a list of arrays (a pair)."""
     print(f"bootstrapping {what} ({reps} reps) ...", end=" ", flush=True)
     start = time.perf_counter()
-    # rliable draws its resampling indices from numpy's global generator, not from its random_state.
-    np.random.seed(seed)
-    points, intervals = rly.get_interval_estimates(score_dict, func, reps=reps)
-    print(f"{time.perf_counter() - start:.0f} s", flush=True)
+    np.random.seed(seed)  # rliable draws its resamples from numpy's global generator
+    points, intervals = {}, {}
+    for method, value in score_dict.items():
+        samples = [np.asarray(v, dtype=np.float64) for v in (value if isinstance(value, list) else [value])]
+        points[method] = statistic(*(sample[None] for sample in samples))[0]
+        intervals[method] = np.percentile(stratified_bootstrap(samples, statistic, reps), [2.5, 97.5], axis=0)
+    print(f"{time.perf_counter() - start:.1f} s", flush=True)
     return points, intervals
 
 

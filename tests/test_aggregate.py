@@ -156,8 +156,8 @@ def test_probability_of_improvement_equals_rliables_function():
     for shape_x, shape_y in (((5, 4), (5, 4)), ((3, 2), (6, 2))):
         x = rng.integers(0, 4, shape_x).astype(float)  # small integers: many ties
         y = rng.integers(0, 4, shape_y).astype(float)
-        assert probability_of_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y))
-    assert probability_of_improvement(x, x) == 0.5
+        assert probability_of_improvement(x[None], y[None])[0, 0] == pytest.approx(metrics.probability_of_improvement(x, y))
+    assert probability_of_improvement(x[None], x[None])[0, 0] == 0.5
 
 
 def test_sample_efficiency_curve(study):
