@@ -149,13 +149,17 @@ def make_env(
     targets: tuple[str, ...] | None = None,
     reward_transform: str = "scale",
     render_mode: str | None = None,
+    screen_wrapper: Callable[[gym.Env], gym.Env] | None = None,
 ) -> gym.Env:
-    """One preprocessed environment. ``targets`` default to the scenario's (masks.SCENARIO_TARGETS)."""
+    """One preprocessed environment. ``targets`` default to the scenario's (masks.SCENARIO_TARGETS).
+    ``screen_wrapper`` wraps the raw engine env before the preprocessing (eval/shift.py's background shift)."""
     spec = check_scenario(scenario)
     if reward_transform not in REWARD_TRANSFORMS:
         raise ValueError(f"unknown reward transform '{reward_transform}'; valid: {', '.join(REWARD_TRANSFORMS)}")
     targets = targets_for(scenario, targets)
     env: gym.Env = make_doom_env(scenario, render_mode=render_mode)
+    if screen_wrapper is not None:
+        env = screen_wrapper(env)
     if spec.max_episode_steps is not None:
         env = TimeLimit(env, spec.max_episode_steps)
     env = GreyScreen(env)
