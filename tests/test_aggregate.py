@@ -15,8 +15,11 @@ from rliable import metrics
 from scipy.stats import trim_mean, ttest_ind
 from torch.utils.tensorboard import SummaryWriter
 
+
 from eval.aggregate import (NORMALISATION, Args, final_return, load_runs, main, probability_of_improvement,
                             welch_p_value, windowed_mean_returns)
+from eval.record import Args as RecordArgs
+from eval.record import main as record_main
 
 METHODS = ("vanilla", "camal")
 SCENARIOS = ("basic", "defend_the_center")
@@ -28,7 +31,7 @@ SEED = 7
 
 
 def write_run(root, env, method, seed, steps, returns, attention=None, tag="charts/episodic_return",
-              total_timesteps=TOTAL_TIMESTEPS):
+              total_timesteps=TOTAL_TIMESTEPS, shift=None):
     run_dir = root / f"{env}__{method}__{seed}__123"
     writer = SummaryWriter(log_dir=str(run_dir))
     for step, value in zip(steps, returns):
@@ -38,6 +41,8 @@ def write_run(root, env, method, seed, steps, returns, attention=None, tag="char
     (run_dir / "config.json").write_text(json.dumps(config))
     if attention is not None:
         (run_dir / "attention_eval.json").write_text(json.dumps({"means": attention, "frames": 100}))
+    if shift is not None:
+        (run_dir / "shift_eval.json").write_text(json.dumps({"means": shift, "episodes": 10}))
     return run_dir
 
 
@@ -61,8 +66,10 @@ def study(tmp_path_factory):
         for method in METHODS:
             for seed in SEEDS:
                 steps, returns = synthetic_history(env, method, seed)
-                attention = {"relevance_mass": 0.3 + 0.1 * seed + 0.2 * (method == "camal"), "pointing_game": 0.5}
-                write_run(root / env, env, method, seed, steps, returns, attention)
+                attention = {"relevance_mass": 0.3 + 0.1 * seed + 0.2 * (method == "camal"), "pointing_game": 0.5,
+                             "occlusion_drop": 0.05 * seed, "occlusion_drop_random": 0.01 * seed}
+                shift = {"shift_return_ratio": 0.5 + 0.1 * seed, "shift_action_agreement": 0.7}
+                write_run(root / env, env, method, seed, steps, returns, attention, shift=shift)
                 histories[env, method, seed] = steps, returns
     out = tmp_path_factory.mktemp("results")
     main(Args(runs_dir=str(root), out=str(out), reps=REPS, seed=SEED, curve_points=10))
@@ -196,7 +203,8 @@ def test_attention_metrics_aggregated(study):
 
 
 def test_outputs_written(study, capsys):
-    for name in ("interval_estimates.png", "sample_efficiency.png", "probability_of_improvement.png", "attention.png"):
+    for name in ("interval_estimates.png", "sample_efficiency.png", "probability_of_improvement.png", "attention.png",
+                 "evidence.png", "p_values.png"):
         path = study["out"] / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert path.stat().st_size > 10_000, name
@@ -332,7 +340,8 @@ def test_p_values_in_csv(study):
     """camal (skill 0.8) vs vanilla (0.6) per scenario: Welch's t over the 3 seeds, n in the row."""
     csv = study["csv"]
     rows = csv[csv.metric == "welch_p_camal_vs"]
-    assert set(rows.quantity) == {"final_return", "relevance_mass", "pointing_game"}
+    assert set(rows.quantity) == {"final_return", "relevance_mass", "pointing_game", "occlusion_drop",
+                                  "occlusion_drop_random", "shift_return_ratio", "shift_action_agreement"}
     for env in SCENARIOS:
         row = rows[(rows.quantity == "final_return") & (rows.scenario == env)].iloc[0]
         finals = {m: [expected_final_return(*study["histories"][env, m, seed]) for seed in SEEDS] for m in METHODS}
@@ -343,3 +352,41 @@ def test_p_values_in_csv(study):
     assert mass == pytest.approx(ttest_ind([0.6, 0.7, 0.8], [0.4, 0.5, 0.6], equal_var=False).pvalue)
     assert rows[rows.quantity == "pointing_game"].point.eq(1.0).all()  # 0.5 everywhere: identical samples
     assert (study["out"] / "p_values.png").stat().st_size > 10_000
+
+
+def test_evidence_metrics_aggregated(study):
+    csv = study["csv"]
+    ratios = [0.5 + 0.1 * seed for env in SCENARIOS for seed in SEEDS]
+    assert aggregate_row(csv, "shift_return_ratio", "IQM", "camal").point == pytest.approx(trim_mean(ratios, 0.25))
+    assert aggregate_row(csv, "shift_action_agreement", "mean", "vanilla").point == pytest.approx(0.7)
+    assert aggregate_row(csv, "occlusion_drop", "mean", "camal").point == pytest.approx(0.1)
+
+
+def test_record_round_trips_to_the_same_numbers(study, tmp_path):
+    """Records exported from the run folders aggregate to exactly the run folders' CSV; each is kilobytes."""
+    runs = sorted(str(p.parent) for p in study["root"].rglob("config.json"))
+    record_main(RecordArgs(runs=runs, study="synthetic", results_dir=str(tmp_path / "results")))
+    records = tmp_path / "results" / "synthetic"
+    assert len(list(records.iterdir())) == len(runs)
+    for record in records.iterdir():
+        assert sorted(p.name for p in record.iterdir()) == ["attention_eval.json", "config.json", "returns.csv",
+                                                           "shift_eval.json"]
+        assert sum(p.stat().st_size for p in record.iterdir()) < 20_000
+    out = tmp_path / "from_records"
+    main(Args(runs_dir=str(records), out=str(out), reps=REPS, seed=SEED, curve_points=10))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "aggregate.csv"), study["csv"])
+
+
+def test_record_refuses_bad_input_writing_nothing(study, tmp_path):
+    run = next(str(p.parent) for p in study["root"].rglob("config.json"))
+    for args, expected in (([run, "--study", "a/b"], "--study 'a/b'"),
+                           ([str(tmp_path), "--study", "s"], "no config.json"),
+                           ([run, run, "--study", "s"], "two runs named")):
+        done = subprocess.run([sys.executable, "eval/record.py", *args, "--results-dir", str(tmp_path / "results")],
+                              capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode != 0 and done.stderr.startswith("error: ") and expected in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
+    record_main(RecordArgs(runs=[run], study="s", results_dir=str(tmp_path / "results")))
+    with pytest.raises(SystemExit, match="exists; --overwrite replaces it"):
+        record_main(RecordArgs(runs=[run], study="s", results_dir=str(tmp_path / "results")))
+    record_main(RecordArgs(runs=[run], study="s", results_dir=str(tmp_path / "results"), overwrite=True))
