@@ -1,10 +1,13 @@
 """Aggregate a folder of training runs into figures and tables, with rliable's statistics.
 
-    python eval/aggregate.py [RUNS_DIR] --out results/
+    python eval/aggregate.py [RUNS_DIR] --out aggregate/
 
 A run is any folder under RUNS_DIR holding a ``config.json`` (keys ``env``, ``method``, ``seed``,
 ``total_timesteps``) and TensorBoard event files with the scalar ``charts/episodic_return`` (the
-true episodic return, logged at the global step at which each episode ended).
+true episodic return, logged at the global step at which each episode ended), or a run record of
+eval/record.py (``returns.csv`` instead of the event files). Folders that are not complete runs (events
+without config.json, no returns, last episode before the final window) are listed in a warning and
+left out; methods run on different seed sets are warned about.
 
 - Final score of a run: the mean true return of the episodes that ended in the last
   ``--final-fraction`` (default 10%) of the run's logged steps, i.e. at a step >= (1 - fraction) x L,
@@ -23,16 +26,19 @@ true episodic return, logged at the global step at which each episode ended).
   steps, the mean return of the episodes that ended in the window [(f - final_fraction) x L, f x L]
   (a running mean; the last point is the final score), normalised, then IQM with CIs over runs.
 - Attention metrics: the per-run means of ``attention_eval.json`` (key ``"means"``), when present,
-  aggregated the same way (IQM, mean, median with CIs; not normalised).
+  aggregated the same way (IQM, mean, median with CIs; not normalised); likewise the occlusion drops
+  (in attention_eval.json) and the background-shift metrics of ``shift_eval.json``.
+- Significance: Welch's t-test (two-sided, unequal variances) over seeds of ``--reference`` against
+  every other method, per scenario, for the final return and every evaluation metric; p-value and n.
 
 Outputs in --out: ``interval_estimates.png``, ``sample_efficiency.png``,
-``probability_of_improvement.png``, ``attention.png`` (when there are attention evaluations) and
-``aggregate.csv``, every number in long format; a table is printed on stdout.
+``probability_of_improvement.png``, ``attention.png`` and ``evidence.png`` (occlusion, shift; when
+there are evaluations), ``p_values.png`` and ``aggregate.csv``, every number in long format; tables are
+printed on stdout.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -563,7 +569,7 @@ def significance_tests(runs: list[Run], args: Args) -> list[dict]:
         print(f"no significance tests: no run of method '{args.reference}' (--reference)")
         return []
     values = {"final_return": lambda r: final_return(r, args.final_fraction)}
-    for name in sorted({name for r in runs for name in r.evaluation}):
+    for name in sorted({name for r in runs for name in r.evaluation}) if args.attention else []:
         values[name] = lambda r, name=name: r.evaluation.get(name, np.nan)
     rows = []
     for quantity, value in values.items():
@@ -651,8 +657,7 @@ def main(args: Args) -> None:
     rows += aggregate_curves(runs, args, out, colors)
     if args.attention:
         rows += aggregate_attention(runs, args, out, colors)
-    tests = significance_tests(runs, args) if args.attention else significance_tests(
-        [dataclasses.replace(r, evaluation={}) for r in runs], args)
+    tests = significance_tests(runs, args)
     if tests:
         plot_p_values(out / "p_values.png", tests, args.reference)
     csv_path = out / "aggregate.csv"
