@@ -631,13 +631,13 @@ def print_p_values(rows: list[dict], reference: str) -> None:
     print(pivot.reindex(columns=table.method.unique()).to_string())
 
 
-def check_output_folder(out: Path) -> None:
-    """Refuse before reading anything: --out must be a folder that exists or can be created, writable."""
+def check_output_folder(out: Path, flag: str = "--out") -> None:
+    """Refuse before reading anything: an output folder must exist or be creatable, and be writable."""
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"error: --out {out} is an existing file; give a folder (created if missing)")
+        raise SystemExit(f"error: {flag} {out} is an existing file; give a folder (created if missing)")
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise SystemExit(f"error: --out {out}: cannot write into {existing}; give a writable folder")
+        raise SystemExit(f"error: {flag} {out}: cannot write into {existing}; give a writable folder")
 
 
 def main(args: Args) -> None:

@@ -21,7 +21,7 @@ from typing import Annotated
 import pandas as pd
 import tyro
 
-from eval.aggregate import EVALUATION_FILES, RETURNS_FILE, SkippedRun, load_run
+from eval.aggregate import EVALUATION_FILES, RETURNS_FILE, SkippedRun, check_output_folder, load_run
 
 CONFIG = "config.json"
 
@@ -57,8 +57,7 @@ def main(args: Args) -> None:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.study) or set(args.study) == {"."}:
         sys.exit(f"error: --study '{args.study}' must be a folder name of letters, digits, '.', '_' and '-'")
     study_dir = Path(args.results_dir) / args.study
-    if study_dir.exists() and not study_dir.is_dir():
-        sys.exit(f"error: {study_dir} is a file; --results-dir and --study must name a folder")
+    check_output_folder(study_dir, "--results-dir/--study")
     targets = []
     for run in args.runs:
         run_dir = Path(run)

@@ -379,10 +379,12 @@ def test_record_round_trips_to_the_same_numbers(study, tmp_path):
 
 def test_record_refuses_bad_input_writing_nothing(study, tmp_path):
     run = next(str(p.parent) for p in study["root"].rglob("config.json"))
+    (tmp_path / "file").write_text("x")
     for args, expected in (([run, "--study", "a/b"], "--study 'a/b'"),
+                           ([run, "--study", "s", "--results-dir", str(tmp_path / "file")], "cannot write into"),
                            ([str(tmp_path), "--study", "s"], "no config.json"),
                            ([run, run, "--study", "s"], "two runs named")):
-        done = subprocess.run([sys.executable, "eval/record.py", *args, "--results-dir", str(tmp_path / "results")],
+        done = subprocess.run([sys.executable, "eval/record.py", "--results-dir", str(tmp_path / "results"), *args],
                               capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert done.returncode != 0 and done.stderr.startswith("error: ") and expected in done.stderr, done.stderr
         assert done.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
@@ -390,3 +392,19 @@ def test_record_refuses_bad_input_writing_nothing(study, tmp_path):
     with pytest.raises(SystemExit, match="exists; --overwrite replaces it"):
         record_main(RecordArgs(runs=[run], study="s", results_dir=str(tmp_path / "results")))
     record_main(RecordArgs(runs=[run], study="s", results_dir=str(tmp_path / "results"), overwrite=True))
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("attention_eval.json", "{not json", "cannot read the per-run means"),
+    ("shift_eval.json", '{"episodes": 10}', "cannot read the per-run means"),
+    ("returns.csv", "a,b\n1,2\n", "columns step, return"),
+])
+def test_damaged_files_are_one_line_errors(tmp_path, name, content, expected):
+    steps, returns = synthetic_history("basic", "vanilla", 1)
+    run_dir = write_run(tmp_path / "runs", "basic", "vanilla", 1, steps, returns)
+    (run_dir / name).write_text(content)
+    done = subprocess.run([sys.executable, "eval/aggregate.py", str(tmp_path / "runs"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode != 0 and expected in done.stderr and str(run_dir) in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "Traceback" not in done.stderr
