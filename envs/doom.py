@@ -128,14 +128,18 @@ def make_env(
     reward_transform: str = "scale",
     render_mode: str | None = None,
     reward_scale: float | None = None,
+    screen_wrapper: Callable[[gym.Env], gym.Env] | None = None,
 ) -> gym.Env:
     """One preprocessed environment of a stock short name or a .cfg path. ``targets`` and
     ``reward_scale`` default to the scenario's record (scenarios/table.py); a custom scenario needs
-    both (or a reward transform other than ``scale``)."""
+    both (or a reward transform other than ``scale``). ``screen_wrapper`` wraps the raw engine env
+    before the preprocessing (eval/shift.py's background shift)."""
     spec = check_scenario(scenario)
     scale = reward_scale_for(spec, reward_transform, reward_scale)
     targets = targets_for(scenario, targets)
     env: gym.Env = make_doom_env(scenario, render_mode=render_mode)
+    if screen_wrapper is not None:
+        env = screen_wrapper(env)
     if spec.max_episode_steps is not None:
         env = TimeLimit(env, spec.max_episode_steps)
     env = GreyScreen(env)

@@ -1,10 +1,13 @@
 """Aggregate a folder of training runs into figures and tables, with rliable's statistics.
 
-    python eval/aggregate.py [RUNS_DIR] --out results/
+    python eval/aggregate.py [RUNS_DIR] --out aggregate/
 
 A run is any folder under RUNS_DIR holding a ``config.json`` (keys ``env``, ``method``, ``seed``,
 ``total_timesteps``) and TensorBoard event files with the scalar ``charts/episodic_return`` (the
-true episodic return, logged at the global step at which each episode ended).
+true episodic return, logged at the global step at which each episode ended), or a run record of
+eval/record.py (``returns.csv`` instead of the event files). Folders that are not complete runs (events
+without config.json, no returns, last episode before the final window) are listed in a warning and
+left out; methods run on different seed sets are warned about.
 
 - Final score of a run: the mean true return of the episodes that ended in the last
   ``--final-fraction`` (default 10%) of the run's logged steps, i.e. at a step >= (1 - fraction) x L,
@@ -23,16 +26,21 @@ true episodic return, logged at the global step at which each episode ended).
   steps, the mean return of the episodes that ended in the window [(f - final_fraction) x L, f x L]
   (a running mean; the last point is the final score), normalised, then IQM with CIs over runs.
 - Attention metrics: the per-run means of ``attention_eval.json`` (key ``"means"``), when present,
-  aggregated the same way (IQM, mean, median with CIs; not normalised).
+  aggregated the same way (IQM, mean, median with CIs; not normalised); likewise the occlusion drops
+  (in attention_eval.json) and the background-shift metrics of ``shift_eval.json``.
+- Significance: Welch's t-test (two-sided, unequal variances) over seeds of ``--reference`` against
+  every other method, per scenario, for the final return and every evaluation metric; p-value and n.
 
 Outputs in --out: ``interval_estimates.png``, ``sample_efficiency.png``,
-``probability_of_improvement.png``, ``attention.png`` (when there are attention evaluations) and
-``aggregate.csv``, every number in long format; a table is printed on stdout.
+``probability_of_improvement.png``, ``attention.png`` and ``evidence.png`` (occlusion, shift; when
+there are evaluations), ``p_values.png`` and ``aggregate.csv``, every number in long format; tables are
+printed on stdout.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,16 +54,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tyro  # noqa: E402
-from rliable import library as rly  # noqa: E402
-from rliable import metrics  # noqa: E402
 from rliable import plot_utils  # noqa: E402
-from scipy.stats import trim_mean  # noqa: E402
+from scipy.stats import trim_mean, ttest_ind  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator  # noqa: E402
 
 from scenarios import SCENARIOS, is_config_path, short_name  # noqa: E402
 
 RETURN_TAG = "charts/episodic_return"
 ATTENTION_FILE = "attention_eval.json"
+SHIFT_FILE = "shift_eval.json"
+RETURNS_FILE = "returns.csv"
+"""episodic-return curve of a run record (eval/record.py): columns step, return"""
+EVALUATION_FILES = (ATTENTION_FILE, SHIFT_FILE)
+EVIDENCE_PREFIXES = ("occlusion_", "shift_")
+"""evaluation metrics drawn in evidence.png (the others in attention.png)"""
 
 SCORE_AGGREGATES = ("IQM", "mean", "median", "optimality gap")
 ATTENTION_AGGREGATES = ("IQM", "mean", "median")
@@ -71,8 +83,8 @@ class Args:
 
     runs_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUNS_DIR")] = "runs"
     """folder searched recursively for runs (folders holding a config.json)"""
-    out: str = "results"
-    """folder the figures and aggregate.csv are written to"""
+    out: str = "aggregate"
+    """folder the figures and aggregate.csv are written to (created if missing; git ignores folders named aggregate)"""
     final_fraction: float = 0.1
     """final score = mean return of the episodes that ended in this last fraction of a run's logged steps"""
     reps: int = 50000
@@ -84,10 +96,12 @@ class Args:
     seed: int = 0
     """seed of numpy's global generator, set before each bootstrap (rliable draws its resamples from it)"""
     attention: bool = True
-    """also aggregate the attention metrics of attention_eval.json files (--no-attention: returns only)"""
+    """also aggregate the metrics of attention_eval.json and shift_eval.json files (--no-attention: returns only)"""
     normalisation: str | None = None
     """JSON of R_random and R_max per scenario, from eval/random_baseline.py --out (for custom scenarios, or
     to replace a stock scenario's constants)"""
+    reference: str = "camal"
+    """method tested against every other method (Welch's t-test over seeds, per scenario and metric)"""
 
 
 @dataclass
@@ -101,24 +115,39 @@ class Run:
     """global step at which each episode ended, ascending"""
     returns: np.ndarray
     """true return of each episode"""
-    attention: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, float] = field(default_factory=dict)
+    """per-run means of attention_eval.json and shift_eval.json"""
     r_random: float = np.nan
     """R_random of the run's scenario (set by load_runs)"""
     r_max: float = np.nan
     """R_max of the run's scenario (set by load_runs)"""
 
 
-def find_run_dirs(runs_dir: Path) -> list[Path]:
+class SkippedRun(Exception):
+    """A folder that is not a complete run (refused, crashed or unfinished): listed in a warning, left out."""
+
+
+def find_run_dirs(runs_dir: Path) -> tuple[list[Path], list[str]]:
+    """Folders holding a config.json (runs and run records), and the folders with TensorBoard events but
+    no config.json (listed as skipped)."""
     if not runs_dir.is_dir():
-        raise SystemExit(f"no runs found: {runs_dir.resolve()} is not a folder")
+        raise SystemExit(f"error: no runs found: {runs_dir.resolve()} is not a folder")
     dirs = sorted(p.parent for p in runs_dir.rglob("config.json"))
+    orphans = sorted({p.parent for p in runs_dir.rglob("events.out.tfevents.*")} - set(dirs))
     if not dirs:
-        raise SystemExit(f"no runs found: no folder under {runs_dir.resolve()} holds a config.json")
-    return dirs
+        raise SystemExit(f"error: no runs found: no folder under {runs_dir.resolve()} holds a config.json")
+    return dirs, [f"{d}: TensorBoard events but no config.json" for d in orphans]
 
 
 def read_episodic_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, returns) of every ``charts/episodic_return`` scalar in the folder's event files."""
+    """(steps, returns) of every episode: a record's returns.csv, else every ``charts/episodic_return``
+    scalar in the folder's event files."""
+    if (run_dir / RETURNS_FILE).is_file():
+        try:
+            table = pd.read_csv(run_dir / RETURNS_FILE)
+            return table["step"].to_numpy(np.int64), table["return"].to_numpy(np.float64)
+        except (OSError, ValueError, KeyError, pd.errors.ParserError) as error:
+            raise SystemExit(f"error: cannot read {run_dir / RETURNS_FILE} (columns step, return): {error!r}")
     accumulator = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})  # 0: keep every scalar
     accumulator.Reload()
     if RETURN_TAG not in accumulator.Tags()["scalars"]:
@@ -127,33 +156,41 @@ def read_episodic_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array([e.step for e in events], np.int64), np.array([e.value for e in events], np.float64)
 
 
-def load_run(run_dir: Path) -> Run:
+def read_evaluation(path: Path) -> dict[str, float]:
+    """The finite per-run means (key ``"means"``) of an attention_eval.json or shift_eval.json."""
+    try:
+        means = json.loads(path.read_text())["means"]
+        values = {k: float(v) for k, v in means.items() if v is not None}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise SystemExit(f"error: cannot read the per-run means ('means') of {path}: {error!r}")
+    # NaN (or null): e.g. no frame with a target, or only all-zero maps; such a run has no value to aggregate
+    undefined = sorted(k for k, v in values.items() if not np.isfinite(v))
+    if undefined:
+        print(f"note: {path} has no value for {', '.join(undefined)}; left out", flush=True)
+    return {k: v for k, v in values.items() if np.isfinite(v)}
+
+
+def load_run(run_dir: Path, final_fraction: float = 0.1) -> Run:
+    """A run folder or run record; SkippedRun if it is not a complete run."""
     config_path = run_dir / "config.json"
     try:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"cannot read {config_path}: {error}")
+        raise SkippedRun(f"unreadable config.json ({error})")
     missing = [key for key in ("env", "method", "seed", "total_timesteps") if key not in config]
     if missing:
-        raise SystemExit(f"{config_path} lacks the key(s) {', '.join(missing)}")
+        raise SkippedRun(f"config.json lacks the key(s) {', '.join(missing)}")
     steps, returns = read_episodic_returns(run_dir)
     if len(returns) == 0:
-        raise SystemExit(f"run {run_dir} has no '{RETURN_TAG}' scalars in its TensorBoard event files")
-    attention = {}
-    attention_path = run_dir / ATTENTION_FILE
-    if attention_path.exists():
-        try:
-            means = json.loads(attention_path.read_text())["means"]
-            attention = {k: float(v) for k, v in means.items() if v is not None}
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise SystemExit(f"cannot read the per-run means ('means') of {attention_path}: {error!r}")
-        # NaN (or null): no frame with a target, or only all-zero maps; such a run has no value to aggregate
-        undefined = sorted(k for k, v in attention.items() if not np.isfinite(v))
-        if undefined:
-            print(f"note: {attention_path} has no value for {', '.join(undefined)}; left out", flush=True)
-            attention = {k: v for k, v in attention.items() if np.isfinite(v)}
+        raise SkippedRun(f"no '{RETURN_TAG}' scalars (a refused, crashed or just started run)")
+    if steps[-1] < (1 - final_fraction) * int(config["total_timesteps"]):
+        raise SkippedRun(f"unfinished: episodes logged up to step {steps[-1]} of {config['total_timesteps']}")
+    evaluation = {}
+    for name in EVALUATION_FILES:
+        if (run_dir / name).exists():
+            evaluation.update(read_evaluation(run_dir / name))
     return Run(run_dir, str(config["env"]), str(config["method"]), int(config["seed"]),
-               int(config["total_timesteps"]), steps, returns, attention)
+               int(config["total_timesteps"]), steps, returns, evaluation)
 
 
 def normalisation_file(path: str | None) -> dict[str, dict]:
@@ -184,20 +221,42 @@ def normalisation_bounds(env: str, entries: dict[str, dict]) -> tuple[float, flo
     return float(r_random), float(r_max)
 
 
-def load_runs(runs_dir: Path, normalisation: str | None = None) -> list[Run]:
-    dirs = find_run_dirs(runs_dir)
+def warn_different_seed_sets(runs: list[Run]) -> None:
+    """Methods compared on one scenario with different seeds: not an error, but seed-paired readings mislead."""
+    for env in sorted({r.env for r in runs}):
+        seed_sets = {m: tuple(sorted(r.seed for r in runs if r.env == env and r.method == m))
+                     for m in sorted({r.method for r in runs if r.env == env})}
+        if len(set(seed_sets.values())) > 1:
+            listed = "; ".join(f"{m}: {', '.join(map(str, seeds))}" for m, seeds in seed_sets.items())
+            print(f"warning: on '{env}' the methods were run on different seed sets ({listed})", file=sys.stderr)
+
+
+def load_runs(runs_dir: Path, final_fraction: float = 0.1, normalisation: str | None = None) -> list[Run]:
+    """Every complete run (folder or record) under runs_dir; the skipped folders are listed on stderr."""
+    dirs, skipped = find_run_dirs(runs_dir)
     print(f"reading {len(dirs)} run(s) under {runs_dir} ...", flush=True)
-    runs = [load_run(d) for d in dirs]
+    runs = []
+    for run_dir in dirs:
+        try:
+            runs.append(load_run(run_dir, final_fraction))
+        except SkippedRun as reason:
+            skipped.append(f"{run_dir}: {reason}")
+    if skipped:
+        print(f"warning: skipped {len(skipped)} folder(s) that are not complete runs:\n  " + "\n  ".join(skipped),
+              file=sys.stderr)
+    if not runs:
+        raise SystemExit(f"error: no complete run under {runs_dir.resolve()} ({len(skipped)} skipped, listed above)")
     seen: dict[tuple[str, str, int], Path] = {}
     for run in runs:
         key = (run.method, run.env, run.seed)
         if key in seen:
-            raise SystemExit(f"two runs of method '{run.method}' on '{run.env}' with seed {run.seed}: "
+            raise SystemExit(f"error: two runs of method '{run.method}' on '{run.env}' with seed {run.seed}: "
                              f"{seen[key]} and {run.path}")
         seen[key] = run.path
     entries = normalisation_file(normalisation)
     for run in runs:
         run.r_random, run.r_max = normalisation_bounds(run.env, entries)
+    warn_different_seed_sets(runs)
     return runs
 
 
@@ -240,45 +299,77 @@ def score_matrices(
     (most_method, most_scenario), most = max(((k, len(v)) for k, v in cells.items()), key=lambda kv: kv[1])
     short = [f"'{m}' has {len(v)} on '{s}'" for (m, s), v in cells.items() if len(v) < most]
     if short:
-        raise SystemExit(f"unequal seeds ({what}): every method needs as many seeds on every scenario as "
+        raise SystemExit(f"error: unequal seeds ({what}): every method needs as many seeds on every scenario as "
                          f"'{most_method}' has on '{most_scenario}' ({most}), but " + "; ".join(short))
     matrices = {m: np.stack([np.stack([value(r) for r in cells[m, s]]) for s in scenarios], axis=1) for m in methods}
     return matrices, scenarios
 
 
 def score_aggregates(scores: np.ndarray) -> np.ndarray:
-    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores),
-                     metrics.aggregate_median(scores), metrics.aggregate_optimality_gap(scores)])
+    """(reps, 4) IQM, mean, median, optimality gap of each (seeds, scenarios) sample of a (reps, seeds,
+    scenarios) array; rliable's definitions (``metrics.aggregate_*``), one sample per row."""
+    flat = scores.reshape(len(scores), -1)
+    return np.stack([trim_mean(flat, 0.25, axis=1), flat.mean(axis=1), np.median(scores.mean(axis=1), axis=1),
+                     1 - np.minimum(flat, 1).mean(axis=1)], axis=1)
 
 
 def attention_aggregates(scores: np.ndarray) -> np.ndarray:
-    return np.array([metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores), metrics.aggregate_median(scores)])
+    return score_aggregates(scores)[:, :3]
 
 
 def iqm_over_steps(scores: np.ndarray) -> np.ndarray:
-    """IQM over runs x scenarios at each step of a (seeds, scenarios, steps) array."""
-    return trim_mean(scores.reshape(-1, scores.shape[-1]), 0.25, axis=0)
+    """(reps, steps) IQM over runs x scenarios at each step of a (reps, seeds, scenarios, steps) array."""
+    return trim_mean(scores.reshape(scores.shape[0], -1, scores.shape[-1]), 0.25, axis=1)
 
 
-def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> float:
-    """P(X > Y) per scenario, ties counting 1/2, averaged over scenarios.
+def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> np.ndarray:
+    """(reps, 1) P(X > Y) per scenario, ties counting 1/2, averaged over scenarios, of (reps, seeds,
+    scenarios) arrays: rliable's ``metrics.probability_of_improvement`` (Mann-Whitney U / (n_x n_y))."""
+    x, y = scores_x[:, :, None, :], scores_y[:, None, :, :]
+    per_scenario = np.mean(x > y, axis=(1, 2)) + 0.5 * np.mean(x == y, axis=(1, 2))
+    return per_scenario.mean(axis=1, keepdims=True)
 
-    The same number as rliable's ``metrics.probability_of_improvement`` (Mann-Whitney U / (n_x n_y)),
-    computed for all scenarios at once: rliable's per-scenario scipy calls took minutes per pair at
-    50,000 bootstrap reps.
+
+BOOTSTRAP_CHUNK = 2_000_000  # resampled values held in memory at once
+
+
+def stratified_bootstrap(samples: list[np.ndarray], statistic: Callable, reps: int) -> np.ndarray:
+    """(reps, k) ``statistic`` of ``reps`` stratified resamples of ``samples`` (arrays (seeds, scenarios, ...)).
+
+    Vectorised form of rliable's ``StratifiedBootstrap`` (one sample) and ``StratifiedIndependentBootstrap``
+    (a pair, resampled independently): a resample picks a seed independently for every cell of each array,
+    drawn from numpy's global generator in rliable's order, so for a given ``np.random.seed`` the
+    intervals are rliable's to the last digit.
     """
-    x, y = scores_x[:, None, :], scores_y[None, :, :]
-    return float(np.mean(np.mean(x > y, axis=(0, 1)) + 0.5 * np.mean(x == y, axis=(0, 1))))
+    shapes = [sample.shape for sample in samples]
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    cells = [tuple(np.ogrid[tuple(slice(n) for n in shape[1:])]) for shape in shapes]
+    if len({shape[0] for shape in shapes}) > 1:  # unequal seed counts: rliable's draws, one replication at a time
+        return np.concatenate([statistic(*(sample[(np.random.randint(0, shape[0], size=(1, *shape)), *cell)]
+                                           for sample, shape, cell in zip(samples, shapes, cells)))
+                               for _ in range(reps)])
+    values, chunk = [], max(1, BOOTSTRAP_CHUNK // sum(sizes))
+    for start in range(0, reps, chunk):
+        count = min(chunk, reps - start)
+        rows = np.split(np.random.randint(0, shapes[0][0], size=(count, sum(sizes))), np.cumsum(sizes)[:-1], axis=1)
+        values.append(statistic(*(sample[(row.reshape(count, *shape), *cell)]
+                                  for sample, row, shape, cell in zip(samples, rows, shapes, cells))))
+    return np.concatenate(values)
 
 
-def interval_estimates(score_dict: dict, func: Callable, reps: int, seed: int, what: str) -> tuple[dict, dict]:
-    """rliable's stratified-bootstrap point and 95% interval estimates, reproducible for a seed."""
+def interval_estimates(score_dict: dict, statistic: Callable, reps: int, seed: int, what: str) -> tuple[dict, dict]:
+    """Point estimates and 95% percentile intervals of the stratified bootstrap, per method, reproducible
+    for a seed: rliable's ``get_interval_estimates`` with the same draws, vectorised (``statistic`` takes
+    arrays with a leading replication axis). A value is an array or a list of arrays (a pair)."""
     print(f"bootstrapping {what} ({reps} reps) ...", end=" ", flush=True)
     start = time.perf_counter()
-    # rliable draws its resampling indices from numpy's global generator, not from its random_state.
-    np.random.seed(seed)
-    points, intervals = rly.get_interval_estimates(score_dict, func, reps=reps)
-    print(f"{time.perf_counter() - start:.0f} s", flush=True)
+    np.random.seed(seed)  # rliable draws its resamples from numpy's global generator
+    points, intervals = {}, {}
+    for method, value in score_dict.items():
+        samples = [np.asarray(v, dtype=np.float64) for v in (value if isinstance(value, list) else [value])]
+        points[method] = statistic(*(sample[None] for sample in samples))[0]
+        intervals[method] = np.percentile(stratified_bootstrap(samples, statistic, reps), [2.5, 97.5], axis=0)
+    print(f"{time.perf_counter() - start:.1f} s", flush=True)
     return points, intervals
 
 
@@ -422,30 +513,103 @@ def aggregate_curves(runs: list[Run], args: Args, out: Path, colors: dict) -> li
     return rows
 
 
-def aggregate_attention(runs: list[Run], args: Args, out: Path, colors: dict) -> list[dict]:
-    """Per-run attention metrics of attention_eval.json, aggregated like the scores (not normalised)."""
-    names = sorted({name for r in runs for name in r.attention})
+def aggregate_evaluation(runs: list[Run], names: list[str], args: Args, path: Path, title: str,
+                         colors: dict) -> list[dict]:
+    """Per-run metrics of attention_eval.json / shift_eval.json, aggregated like the scores (not normalised)."""
     rows, iqm_points, iqm_intervals = [], {}, {}
     for name in names:
-        evaluated = [r for r in runs if name in r.attention]
+        evaluated = [r for r in runs if name in r.evaluation]
         rows += [dict(quantity=name, metric="run", method=r.method, scenario=r.env, seed=r.seed,
-                      point=r.attention[name]) for r in evaluated]
-        matrices, _ = score_matrices(evaluated, lambda r: np.float64(r.attention[name]),
-                                     f"attention metric '{name}' of {ATTENTION_FILE}", args.baseline)
+                      point=r.evaluation[name]) for r in evaluated]
+        matrices, _ = score_matrices(evaluated, lambda r: np.float64(r.evaluation[name]),
+                                     f"evaluation metric '{name}'", args.baseline)
         points, intervals = interval_estimates(matrices, attention_aggregates, args.reps, args.seed,
-                                               f"IQM, mean, median of attention metric '{name}'")
+                                               f"IQM, mean, median of '{name}'")
         rows += estimate_rows(name, ATTENTION_AGGREGATES, points, intervals)
         iqm_points[name] = {m: p[0] for m, p in points.items()}
         iqm_intervals[name] = {m: i[:, 0] for m, i in intervals.items()}
     if names:
         methods = [m for m in colors if any(m in p for p in iqm_points.values())]
         nan2 = np.full(2, np.nan)  # a method without this metric: no bar
-        plot_intervals(out / "attention.png",
+        plot_intervals(path,
                        {m: [iqm_points[n].get(m, np.nan) for n in names] for m in methods},
                        {m: np.array([iqm_intervals[n].get(m, nan2) for n in names]).T for m in methods}, names,
-                       "Attention metrics: IQM over scenarios x seeds, point and 95% CI", "IQM", colors,
+                       title, "IQM", colors,
                        columns=2)  # names are sorted: each metric sits beside its chance / random-order control
     return rows
+
+
+def aggregate_attention(runs: list[Run], args: Args, out: Path, colors: dict) -> list[dict]:
+    """Attention metrics in attention.png; occlusion and background-shift metrics in evidence.png."""
+    names = sorted({name for r in runs for name in r.evaluation})
+    evidence = [n for n in names if n.startswith(EVIDENCE_PREFIXES)]
+    attention = [n for n in names if n not in evidence]
+    return (aggregate_evaluation(runs, attention, args, out / "attention.png",
+                                 "Attention metrics: IQM over scenarios x seeds, point and 95% CI", colors)
+            + aggregate_evaluation(runs, evidence, args, out / "evidence.png",
+                                   "Occlusion and background shift: IQM over scenarios x seeds, point and 95% CI",
+                                   colors))
+
+
+def welch_p_value(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided p-value of Welch's t-test (unequal variances) of mean(x) = mean(y); NaN with < 2 values a side.
+
+    Two samples without spread: 1 if they are equal, 0 if not (the test's limit as the spread goes to 0).
+    """
+    if len(x) < 2 or len(y) < 2:
+        return float("nan")
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        return 1.0 if x[0] == y[0] else 0.0
+    return float(ttest_ind(x, y, equal_var=False).pvalue)
+
+
+def significance_tests(runs: list[Run], args: Args) -> list[dict]:
+    """Welch's t-test over seeds of --reference against every other method, per scenario and metric
+    (the final return and each evaluation metric)."""
+    if args.reference not in {r.method for r in runs}:
+        print(f"no significance tests: no run of method '{args.reference}' (--reference)")
+        return []
+    values = {"final_return": lambda r: final_return(r, args.final_fraction)}
+    for name in sorted({name for r in runs for name in r.evaluation}) if args.attention else []:
+        values[name] = lambda r, name=name: r.evaluation.get(name, np.nan)
+    rows = []
+    for quantity, value in values.items():
+        for env in sorted({r.env for r in runs}):
+            def sample(method):
+                found = [value(r) for r in runs if r.env == env and r.method == method]
+                return np.array([v for v in found if np.isfinite(v)])
+
+            reference = sample(args.reference)
+            for method in ordered_methods((r.method for r in runs), args.baseline):
+                other = sample(method)
+                if method == args.reference or not len(other):
+                    continue
+                rows.append(dict(quantity=quantity, metric=f"welch_p_{args.reference}_vs", method=method, scenario=env,
+                                 point=welch_p_value(reference, other), n=f"{len(reference)} vs {len(other)}"))
+    return rows
+
+
+def plot_p_values(path: Path, rows: list[dict], reference: str) -> None:
+    """One panel per compared method: p-value of each metric (rows) on each scenario (columns)."""
+    table = pd.DataFrame(rows)
+    methods, scenarios = list(table.method.unique()), sorted(table.scenario.unique())
+    quantities = list(table.quantity.unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(1.6 + 1.5 * len(scenarios) * len(methods),
+                                                       1.2 + 0.35 * len(quantities)), squeeze=False)
+    for i, (ax, method) in enumerate(zip(axes.flat, methods)):
+        part = table[table.method == method].pivot(index="quantity", columns="scenario", values="point")
+        part = part.reindex(index=quantities, columns=scenarios)
+        ax.imshow(-np.log10(part.to_numpy(float).clip(1e-6, 1)), cmap="viridis", vmin=0, vmax=3, aspect="auto")
+        for (r, c), p in np.ndenumerate(part.to_numpy(float)):
+            ax.text(c, r, "n/a" if np.isnan(p) else f"{p:.3f}", ha="center", va="center", fontsize=7,
+                    color="w" if np.isnan(p) or p > 0.01 else "k")
+        ax.set_xticks(range(len(scenarios)), scenarios, rotation=20, fontsize=8)
+        ax.set_yticks(range(len(quantities)), quantities if i == 0 else [""] * len(quantities), fontsize=8)
+        ax.set_title(f"{reference} vs {method}", fontsize=9)
+    fig.suptitle("Welch's t-test over seeds, two-sided p-value (colour: -log10 p, bright = small p)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def print_tables(rows: list[dict]) -> None:
@@ -460,17 +624,31 @@ def print_tables(rows: list[dict]) -> None:
                 print(table_.reindex(index=cells.method.unique(), columns=cells.metric.unique()).to_string())
 
 
+def print_p_values(rows: list[dict], reference: str) -> None:
+    table = pd.DataFrame(rows)
+    table["cell"] = [f"{'n/a' if np.isnan(p) else f'{p:.3g}'} ({n})" for p, n in zip(table.point, table.n)]
+    print(f"\nWelch's t-test over seeds, {reference} vs each method: two-sided p-value (n seeds {reference} vs other):")
+    pivot = table.pivot(index=["quantity", "scenario"], columns="method", values="cell")
+    print(pivot.reindex(columns=table.method.unique()).to_string())
+
+
+def check_output_folder(out: Path, flag: str = "--out") -> None:
+    """Refuse before reading anything: an output folder must exist or be creatable, and be writable."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: {flag} {out} is an existing file; give a folder (created if missing)")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: {flag} {out}: cannot write into {existing}; give a writable folder")
+
+
 def main(args: Args) -> None:
     if not 0 < args.final_fraction <= 1:
-        raise SystemExit(f"--final-fraction must be in (0, 1], got {args.final_fraction}")
+        raise SystemExit(f"error: --final-fraction must be in (0, 1], got {args.final_fraction}")
     if args.reps < 1 or args.curve_points < 1:
-        raise SystemExit(f"--reps and --curve-points must be >= 1, got {args.reps} and {args.curve_points}")
-    runs = load_runs(Path(args.runs_dir), args.normalisation)
-    for run in runs:
-        if run.steps[-1] < (1 - args.final_fraction) * run.total_timesteps:
-            print(f"warning: run {run.path} logged returns only up to step {run.steps[-1]} of its "
-                  f"{run.total_timesteps}; its final score comes from there", file=sys.stderr)
+        raise SystemExit(f"error: --reps and --curve-points must be >= 1, got {args.reps} and {args.curve_points}")
     out = Path(args.out)
+    check_output_folder(out)
+    runs = load_runs(Path(args.runs_dir), args.final_fraction, args.normalisation)
     out.mkdir(parents=True, exist_ok=True)
     methods = ordered_methods((r.method for r in runs), args.baseline)
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
@@ -481,10 +659,15 @@ def main(args: Args) -> None:
     rows += aggregate_curves(runs, args, out, colors)
     if args.attention:
         rows += aggregate_attention(runs, args, out, colors)
+    tests = significance_tests(runs, args)
+    if tests:
+        plot_p_values(out / "p_values.png", tests, args.reference)
     csv_path = out / "aggregate.csv"
-    pd.DataFrame(rows, columns=["quantity", "metric", "method", "scenario", "seed", "step", "point", "ci_low",
-                                "ci_high"]).to_csv(csv_path, index=False)
+    pd.DataFrame(rows + tests, columns=["quantity", "metric", "method", "scenario", "seed", "step", "point", "ci_low",
+                                        "ci_high", "n"]).to_csv(csv_path, index=False)
     print_tables(rows)
+    if tests:
+        print_p_values(tests, args.reference)
     print(f"\nwrote {csv_path} and the figures in {out}/")
 
 

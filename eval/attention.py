@@ -31,11 +31,12 @@ import torch
 import tyro
 from tqdm import tqdm
 
-from agents.attention import grad_cam, has_target, normalise_maps
+from agents.attention import grad_cam, has_target, normalise_maps, random_blob_masks
 from agents.ppo_camal import CHECKPOINT, CONFIG, SEED_MAX, Agent, check_writable_dir
 from envs import check_scenario, make_env
 from masks import mask_outline
-from eval.metrics import chance_levels, deletion_insertion, pointing_game, relevance_mass, relevance_rank, zero_maps
+from eval.metrics import (chance_levels, deletion_insertion, occlusion_drop, pointing_game, relevance_mass,
+                          relevance_rank, zero_maps)
 
 RESULT_FILE = "attention_eval.json"
 CURVES_PLOT = "deletion_insertion.png"
@@ -72,6 +73,9 @@ class Args:
     """frames evaluated at a time"""
     cuda: bool = True
     """use CUDA when it is available (as the trainer does); the metrics are the same up to float rounding"""
+    ties: str = "random"
+    """tied map values: 'random' (rank and deletion/insertion order ties at random, seeded by --seed; pointing
+    game hits if any tied maximum is on the target) or 'index' (row-major: top rows first; first maximum)"""
 
 
 class EvalError(Exception):
@@ -254,23 +258,28 @@ def on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate_batch(agent: Agent, pixels: torch.Tensor, masks: torch.Tensor, steps: int,
-                   generator: torch.Generator) -> Evaluation:
+                   generator: torch.Generator, ties: str = "random") -> Evaluation:
     best, maps = attention_maps(agent, pixels)
     used = has_target(masks)
     used_maps, used_masks, used_pixels, used_best = maps[used], masks[used], pixels[used], best[used]
     chance = chance_levels(used_masks)
+    ranked_ties = "random" if ties == "random" else "index"
     scores = {
         "relevance_mass": relevance_mass(used_maps, used_masks),
         "relevance_mass_chance": chance["mass"],
-        "relevance_rank": relevance_rank(used_maps, used_masks),
+        "relevance_rank": relevance_rank(used_maps, used_masks, ranked_ties, generator),
         "relevance_rank_chance": chance["rank"],
-        "pointing_game": pointing_game(used_maps, used_masks),
+        "pointing_game": pointing_game(used_maps, used_masks, "any" if ties == "random" else "first"),
         "pointing_game_chance": chance["pointing"],
     }
     curves = {}
     if used.any():
         prob_fn = action_probabilities(agent)
-        by_map = deletion_insertion(prob_fn, used_pixels, used_maps, used_best, steps, order="map")
+        scores["occlusion_drop"] = occlusion_drop(prob_fn, used_pixels, used_masks, used_best)
+        blobs = random_blob_masks(used_masks.cpu(), generator).to(used_masks.device)  # same area, random place
+        scores["occlusion_drop_random"] = occlusion_drop(prob_fn, used_pixels, blobs, used_best)
+        by_map = deletion_insertion(prob_fn, used_pixels, used_maps, used_best, steps, order="map",
+                                    generator=generator, ties=ranked_ties)
         by_chance = deletion_insertion(prob_fn, used_pixels, used_maps, used_best, steps, order="random",
                                        generator=generator)
         scores.update(deletion_auc=by_map.deletion_auc, deletion_auc_random=by_chance.deletion_auc,
@@ -287,14 +296,14 @@ def concatenate_dicts(dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
 
 
 def evaluate(agent: Agent, frames: Frames, steps: int, batch_size: int, seed: int,
-             device: torch.device) -> Evaluation:
+             device: torch.device, ties: str = "random") -> Evaluation:
     # a CPU generator: the random pixel order is the same on any device
     generator = torch.Generator().manual_seed(seed)
     batches = []
     for start in tqdm(range(0, len(frames.pixels), batch_size), desc="attention", unit="batch", dynamic_ncols=True):
         pixels = torch.as_tensor(frames.pixels[start:start + batch_size], device=device)
         masks = torch.as_tensor(frames.masks[start:start + batch_size], device=device).bool()
-        batches.append(evaluate_batch(agent, pixels, masks, steps, generator))
+        batches.append(evaluate_batch(agent, pixels, masks, steps, generator, ties))
     return Evaluation(
         maps=torch.cat([batch.maps for batch in batches]),
         best_actions=torch.cat([batch.best_actions for batch in batches]),
@@ -306,7 +315,8 @@ def evaluate(agent: Agent, frames: Frames, steps: int, batch_size: int, seed: in
 
 
 ALIGNMENT = ("relevance_mass", "relevance_rank", "pointing_game")
-FAITHFULNESS = ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random")
+FAITHFULNESS = ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random",
+                "occlusion_drop", "occlusion_drop_random")
 
 
 def mean_or_nan(values: torch.Tensor | None) -> float:
@@ -440,6 +450,9 @@ def print_table(result: dict) -> None:
     lines += ["", f"{'faithfulness':<16}{'map order':>10}{'random':>10}"]
     for name, better in (("deletion_auc", "lower"), ("insertion_auc", "higher")):
         lines.append(f"{name:<16}{show(means[name]):>10}{show(means[name + '_random']):>10}   ({better} is better)")
+    lines += ["", f"{'occlusion':<16}{'target':>10}{'random':>10}"]
+    lines.append(f"{'occlusion_drop':<16}{show(means['occlusion_drop']):>10}{show(means['occlusion_drop_random']):>10}"
+                 "   (drop of pi(a*|x); random: a blob of equal area)")
     print("\n".join(lines))
 
 
@@ -467,6 +480,7 @@ def build_result(args: Args, loaded: LoadedAgent, frames: Frames, evaluation: Ev
         "mean_return": float(np.mean(returns)) if returns else None,
         "returns": returns,
         "deletion_steps": args.deletion_steps,
+        "ties": args.ties,
         "means": metric_means(evaluation),
         "mean_curves": {"fractions": np.linspace(0, 1, args.deletion_steps + 1).tolist(), **curves},
         "notes": (
@@ -475,6 +489,8 @@ def build_result(args: Args, loaded: LoadedAgent, frames: Frames, evaluation: Ev
             "of relevance_mass/rank/pointing_game and their chance levels, but kept in the deletion/insertion "
             "AUCs (their map order is then the pixel index). Chance = target fraction of the frame. "
             "Deletion: lower is more faithful; insertion: higher. *_random: the same with a random pixel order. "
+            "occlusion_drop: pi(a*|x) minus pi(a*|x) with the target mask at the deletion baseline 0 in all 4 frames; "
+            "occlusion_drop_random: the same for a random blob of equal area. "
             "A mean is NaN when no frame is left to average."
         ),
     }
@@ -485,6 +501,8 @@ def check_args(args: Args) -> None:
         raise EvalError(f"--deletion-steps must be >= 1, got {args.deletion_steps}")
     if args.batch_size < 1:
         raise EvalError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.ties not in ("random", "index"):
+        raise EvalError(f"--ties must be 'random' or 'index', got '{args.ties}'")
     if args.frames is None and args.episodes < 1:
         raise EvalError(f"--episodes must be >= 1, got {args.episodes}")
     if not 0 <= args.seed <= SEED_MAX - args.episodes:
@@ -519,7 +537,7 @@ def run(args: Args) -> dict:
     if args.record_frames:
         save_frames(args.record_frames, frames, loaded.config["env"], loaded.config.get("targets"), loaded.num_actions)
 
-    evaluation = evaluate(loaded.agent, frames, args.deletion_steps, args.batch_size, args.seed, device)
+    evaluation = evaluate(loaded.agent, frames, args.deletion_steps, args.batch_size, args.seed, device, args.ties)
     result = build_result(args, loaded, frames, evaluation, returns, source)
 
     out_dir = Path(args.out) if args.out else loaded.run_dir

@@ -46,7 +46,7 @@ class Args:
     runs_dir: str = "runs"
     """folder for the run folders (and logs/)"""
     eval_episodes: int = 0
-    """after training, run eval/attention.py with this many episodes (0: skip)"""
+    """after training, run eval/attention.py and eval/shift.py with this many episodes (0: skip)"""
     threads_per_run: int = 1
     """torch threads per run (OMP_NUM_THREADS), so parallel runs do not oversubscribe the cores"""
     camal_coef: float | None = None
@@ -66,9 +66,11 @@ def run_one(args: Args, env: str, method: str, seed: int) -> str:
         code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
         if code == 0 and args.eval_episodes:
             run_dir = max(Path(args.runs_dir).glob(f"{env}__{method}__{seed}__*"), key=os.path.getmtime)
-            code = subprocess.call([sys.executable, str(ROOT / "eval/attention.py"), str(run_dir),
-                                    "--episodes", str(args.eval_episodes), "--no-video"],
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
+            for evaluation in (["eval/attention.py", "--no-video"], ["eval/shift.py"]):
+                code = code or subprocess.call([sys.executable, str(ROOT / evaluation[0]), str(run_dir),
+                                                "--episodes", str(args.eval_episodes), *evaluation[1:]],
+                                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                               env=child_env)
     status = "ok" if code == 0 else f"FAILED (exit {code}, see {log})"
     return f"{name}: {status} in {time.time() - start:.0f} s"
 

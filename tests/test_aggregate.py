@@ -1,18 +1,24 @@
 """eval/aggregate.py on synthetic runs written as real TensorBoard event files."""
 
 import json
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from rliable import library as rly
 from rliable import metrics
-from scipy.stats import trim_mean
+from scipy.stats import trim_mean, ttest_ind
 from torch.utils.tensorboard import SummaryWriter
 
-from eval.aggregate import (Args, final_return, load_runs, main, probability_of_improvement,
+from eval.aggregate import (Args, final_return, load_runs, main, probability_of_improvement, welch_p_value,
                             windowed_mean_returns)
+from eval.record import Args as RecordArgs
+from eval.record import main as record_main
 from scenarios import SCENARIOS as RECORDS
 
 METHODS = ("vanilla", "camal")
@@ -21,19 +27,23 @@ SEEDS = (1, 2, 3)
 NORMALISATION = {env: (RECORDS[env].r_random, RECORDS[env].r_max) for env in SCENARIOS}
 TOTAL_TIMESTEPS = 10_000
 REPS = 200
+REPO = Path(__file__).resolve().parents[1]
 SEED = 7
 
 
-def write_run(root, env, method, seed, steps, returns, attention=None, tag="charts/episodic_return"):
+def write_run(root, env, method, seed, steps, returns, attention=None, tag="charts/episodic_return",
+              total_timesteps=TOTAL_TIMESTEPS, shift=None):
     run_dir = root / f"{env}__{method}__{seed}__123"
     writer = SummaryWriter(log_dir=str(run_dir))
     for step, value in zip(steps, returns):
         writer.add_scalar(tag, value, global_step=int(step))
     writer.close()
-    config = dict(env=env, method=method, seed=seed, total_timesteps=TOTAL_TIMESTEPS, exp_name=method)
+    config = dict(env=env, method=method, seed=seed, total_timesteps=total_timesteps, exp_name=method)
     (run_dir / "config.json").write_text(json.dumps(config))
     if attention is not None:
         (run_dir / "attention_eval.json").write_text(json.dumps({"means": attention, "frames": 100}))
+    if shift is not None:
+        (run_dir / "shift_eval.json").write_text(json.dumps({"means": shift, "episodes": 10}))
     return run_dir
 
 
@@ -57,8 +67,10 @@ def study(tmp_path_factory):
         for method in METHODS:
             for seed in SEEDS:
                 steps, returns = synthetic_history(env, method, seed)
-                attention = {"relevance_mass": 0.3 + 0.1 * seed + 0.2 * (method == "camal"), "pointing_game": 0.5}
-                write_run(root / env, env, method, seed, steps, returns, attention)
+                attention = {"relevance_mass": 0.3 + 0.1 * seed + 0.2 * (method == "camal"), "pointing_game": 0.5,
+                             "occlusion_drop": 0.05 * seed, "occlusion_drop_random": 0.01 * seed}
+                shift = {"shift_return_ratio": 0.5 + 0.1 * seed, "shift_action_agreement": 0.7}
+                write_run(root / env, env, method, seed, steps, returns, attention, shift=shift)
                 histories[env, method, seed] = steps, returns
     out = tmp_path_factory.mktemp("results")
     main(Args(runs_dir=str(root), out=str(out), reps=REPS, seed=SEED, curve_points=10))
@@ -90,7 +102,7 @@ def test_final_return_is_mean_of_last_tenth_of_logged_steps(study):
         np.testing.assert_allclose(run.returns, returns, rtol=1e-6)  # event files store float32
         assert final_return(run, 0.1) == pytest.approx(expected_final_return(steps, returns), rel=1e-6)
         assert final_return(run, 0.25) == pytest.approx(expected_final_return(steps, returns, 0.25), rel=1e-6)
-        assert run.attention["pointing_game"] == 0.5
+        assert run.evaluation["pointing_game"] == 0.5
 
 
 def test_windowed_mean_returns_on_known_values():
@@ -158,8 +170,8 @@ def test_probability_of_improvement_equals_rliables_function():
     for shape_x, shape_y in (((5, 4), (5, 4)), ((3, 2), (6, 2))):
         x = rng.integers(0, 4, shape_x).astype(float)  # small integers: many ties
         y = rng.integers(0, 4, shape_y).astype(float)
-        assert probability_of_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y))
-    assert probability_of_improvement(x, x) == 0.5
+        assert probability_of_improvement(x[None], y[None])[0, 0] == pytest.approx(metrics.probability_of_improvement(x, y))
+    assert probability_of_improvement(x[None], x[None])[0, 0] == 0.5
 
 
 def test_sample_efficiency_curve(study):
@@ -192,12 +204,13 @@ def test_attention_metrics_aggregated(study):
 
 
 def test_outputs_written(study, capsys):
-    for name in ("interval_estimates.png", "sample_efficiency.png", "probability_of_improvement.png", "attention.png"):
+    for name in ("interval_estimates.png", "sample_efficiency.png", "probability_of_improvement.png", "attention.png",
+                 "evidence.png", "p_values.png"):
         path = study["out"] / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert path.stat().st_size > 10_000, name
     assert list(study["csv"].columns) == ["quantity", "metric", "method", "scenario", "seed", "step", "point",
-                                          "ci_low", "ci_high"]
+                                          "ci_low", "ci_high", "n"]
 
 
 def test_table_printed(tmp_path, capsys):
@@ -224,12 +237,54 @@ def test_error_no_runs(tmp_path):
     assert "not a folder" in run_main_expecting_exit(tmp_path, tmp_path / "missing")
 
 
-def test_error_run_without_returns(tmp_path):
+def test_incomplete_folders_are_listed_and_skipped(tmp_path, capsys):
+    """A refused run (config.json only), a run without returns, an unfinished run and event files without
+    config.json are listed in one warning; the complete runs are aggregated."""
+    steps, returns = synthetic_history("basic", "vanilla", 1)
+    for method in METHODS:
+        write_run(tmp_path / "runs", "basic", method, 1, steps, returns)
+    no_returns = write_run(tmp_path / "runs", "basic", "vanilla", 2, steps, returns, tag="losses/value_loss")
+    refused = tmp_path / "runs" / "refused"
+    refused.mkdir()
+    (refused / "config.json").write_text(json.dumps(dict(env="basic", method="camal", seed=3, total_timesteps=1)))
+    unfinished = write_run(tmp_path / "runs", "basic", "camal", 4, steps[steps < 5000], returns[steps < 5000])
+    orphan = write_run(tmp_path / "runs", "basic", "camal", 5, steps, returns)
+    (orphan / "config.json").unlink()
+    main(Args(runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "out"), reps=20))
+    captured = capsys.readouterr()
+    assert "skipped 4 folder(s)" in captured.err
+    for folder, reason in ((no_returns, "charts/episodic_return"), (refused, "charts/episodic_return"),
+                           (unfinished, "unfinished"), (orphan, "no config.json")):
+        assert f"{folder}: " in captured.err and reason in captured.err
+    csv = pd.read_csv(tmp_path / "out" / "aggregate.csv")
+    runs = csv[(csv.quantity == "final_return") & (csv.metric == "run")]
+    assert sorted(zip(runs.method, runs.seed)) == [("camal", 1), ("vanilla", 1)]
+
+
+def test_warning_on_different_seed_sets(tmp_path, capsys):
+    for method, seeds in (("vanilla", (1, 2)), ("camal", (3, 4))):
+        for seed in seeds:
+            write_run(tmp_path / "runs", "basic", method, seed, *synthetic_history("basic", method, seed))
+    main(Args(runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "out"), reps=20))
+    assert "different seed sets (camal: 3, 4; vanilla: 1, 2)" in capsys.readouterr().err
+
+
+def test_out_an_existing_file_is_one_line_error(tmp_path):
+    """From the command line: one line on stderr, non-zero exit, nothing read or written."""
     steps, returns = synthetic_history("basic", "vanilla", 1)
     write_run(tmp_path / "runs", "basic", "vanilla", 1, steps, returns)
-    bad = write_run(tmp_path / "runs", "basic", "vanilla", 2, steps, returns, tag="losses/value_loss")
-    message = run_main_expecting_exit(tmp_path, tmp_path / "runs")
-    assert str(bad) in message and "charts/episodic_return" in message
+    (tmp_path / "taken").write_text("x")
+    for out, expected in ((tmp_path / "taken", "is an existing file"), (tmp_path / "taken" / "sub", "cannot write")):
+        done = subprocess.run([sys.executable, "eval/aggregate.py", str(tmp_path / "runs"), "--out", str(out)],
+                              capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode != 0
+        assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ") and expected in done.stderr
+    for bad in (["--reps", "0"], ["--final-fraction", "nan"], ["--curve-points", "-1"]):
+        done = subprocess.run([sys.executable, "eval/aggregate.py", str(tmp_path / "runs"), "--out",
+                               str(tmp_path / "new"), *bad], capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode != 0 and done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ")
+        assert not (tmp_path / "new").exists()
 
 
 def test_error_unequal_seeds(tmp_path):
@@ -275,7 +330,7 @@ def test_error_duplicate_seed(tmp_path):
 def test_resumed_run_keeps_only_the_resumed_history(tmp_path):
     """A resumed run (agents/ppo_camal.py --resume) writes a second event file with purge_step: episodes
     the first file logged at or after that step are dropped, not counted twice."""
-    run_dir = write_run(tmp_path, "basic", "vanilla", 1, range(100, 1001, 100), [1.0] * 10)
+    run_dir = write_run(tmp_path, "basic", "vanilla", 1, range(100, 1001, 100), [1.0] * 10, total_timesteps=1000)
     writer = SummaryWriter(log_dir=str(run_dir), purge_step=600, filename_suffix=".resumed")
     for step in range(600, 1001, 100):
         writer.add_scalar("charts/episodic_return", 2.0, global_step=step)
@@ -284,3 +339,85 @@ def test_resumed_run_keeps_only_the_resumed_history(tmp_path):
     np.testing.assert_array_equal(run.steps, np.arange(100, 1001, 100))
     np.testing.assert_array_equal(run.returns, [1.0] * 5 + [2.0] * 5)
     assert final_return(run, 0.1) == 2.0
+
+
+def test_welch_p_value_of_identical_and_far_apart_samples():
+    sample = np.array([0.2, 0.5, 0.9])
+    assert welch_p_value(sample, sample.copy()) == 1.0
+    assert welch_p_value(sample, sample + 100.0) < 1e-4
+    assert welch_p_value(np.array([3.0, 3.0]), np.array([3.0, 3.0])) == 1.0  # no spread, equal
+    assert np.isnan(welch_p_value(sample[:1], sample))  # one seed: no test
+
+
+def test_p_values_in_csv(study):
+    """camal (skill 0.8) vs vanilla (0.6) per scenario: Welch's t over the 3 seeds, n in the row."""
+    csv = study["csv"]
+    rows = csv[csv.metric == "welch_p_camal_vs"]
+    assert set(rows.quantity) == {"final_return", "relevance_mass", "pointing_game", "occlusion_drop",
+                                  "occlusion_drop_random", "shift_return_ratio", "shift_action_agreement"}
+    for env in SCENARIOS:
+        row = rows[(rows.quantity == "final_return") & (rows.scenario == env)].iloc[0]
+        finals = {m: [expected_final_return(*study["histories"][env, m, seed]) for seed in SEEDS] for m in METHODS}
+        assert row.method == "vanilla" and row.n == "3 vs 3"
+        assert row.point == pytest.approx(ttest_ind(finals["camal"], finals["vanilla"], equal_var=False).pvalue)
+    # relevance mass 0.3 + 0.1 seed (+ 0.2 for camal): equal spreads, means 0.2 apart
+    mass = rows[(rows.quantity == "relevance_mass") & (rows.scenario == "basic")].point.item()
+    assert mass == pytest.approx(ttest_ind([0.6, 0.7, 0.8], [0.4, 0.5, 0.6], equal_var=False).pvalue)
+    assert rows[rows.quantity == "pointing_game"].point.eq(1.0).all()  # 0.5 everywhere: identical samples
+    assert (study["out"] / "p_values.png").stat().st_size > 10_000
+
+
+def test_evidence_metrics_aggregated(study):
+    csv = study["csv"]
+    ratios = [0.5 + 0.1 * seed for env in SCENARIOS for seed in SEEDS]
+    assert aggregate_row(csv, "shift_return_ratio", "IQM", "camal").point == pytest.approx(trim_mean(ratios, 0.25))
+    assert aggregate_row(csv, "shift_action_agreement", "mean", "vanilla").point == pytest.approx(0.7)
+    assert aggregate_row(csv, "occlusion_drop", "mean", "camal").point == pytest.approx(0.1)
+
+
+def test_record_round_trips_to_the_same_numbers(study, tmp_path):
+    """Records exported from the run folders aggregate to exactly the run folders' CSV; each is kilobytes."""
+    runs = sorted(str(p.parent) for p in study["root"].rglob("config.json"))
+    record_main(RecordArgs(runs=runs, study="synthetic", results_dir=str(tmp_path / "results")))
+    records = tmp_path / "results" / "synthetic"
+    assert len(list(records.iterdir())) == len(runs)
+    for record in records.iterdir():
+        assert sorted(p.name for p in record.iterdir()) == ["attention_eval.json", "config.json", "returns.csv",
+                                                           "shift_eval.json"]
+        assert sum(p.stat().st_size for p in record.iterdir()) < 20_000
+    out = tmp_path / "from_records"
+    main(Args(runs_dir=str(records), out=str(out), reps=REPS, seed=SEED, curve_points=10))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "aggregate.csv"), study["csv"])
+
+
+def test_record_refuses_bad_input_writing_nothing(study, tmp_path):
+    run = next(str(p.parent) for p in study["root"].rglob("config.json"))
+    (tmp_path / "file").write_text("x")
+    for args, expected in (([run, "--study", "a/b"], "--study 'a/b'"),
+                           ([run, "--study", "s", "--results-dir", str(tmp_path / "file")], "cannot write into"),
+                           ([str(tmp_path), "--study", "s"], "no config.json"),
+                           ([run, run, "--study", "s"], "two runs named")):
+        done = subprocess.run([sys.executable, "eval/record.py", "--results-dir", str(tmp_path / "results"), *args],
+                              capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode != 0 and done.stderr.startswith("error: ") and expected in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
+    record_main(RecordArgs(runs=[run], study="s", results_dir=str(tmp_path / "results")))
+    with pytest.raises(SystemExit, match="exists; --overwrite replaces it"):
+        record_main(RecordArgs(runs=[run], study="s", results_dir=str(tmp_path / "results")))
+    record_main(RecordArgs(runs=[run], study="s", results_dir=str(tmp_path / "results"), overwrite=True))
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("attention_eval.json", "{not json", "cannot read the per-run means"),
+    ("shift_eval.json", '{"episodes": 10}', "cannot read the per-run means"),
+    ("returns.csv", "a,b\n1,2\n", "columns step, return"),
+])
+def test_damaged_files_are_one_line_errors(tmp_path, name, content, expected):
+    steps, returns = synthetic_history("basic", "vanilla", 1)
+    run_dir = write_run(tmp_path / "runs", "basic", "vanilla", 1, steps, returns)
+    (run_dir / name).write_text(content)
+    done = subprocess.run([sys.executable, "eval/aggregate.py", str(tmp_path / "runs"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode != 0 and expected in done.stderr and str(run_dir) in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "Traceback" not in done.stderr

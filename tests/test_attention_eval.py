@@ -18,7 +18,7 @@ from eval.attention import GIF_MAX_FRAMES, GIF_SCALE, Args, main
 ROOT = Path(__file__).resolve().parents[1]
 MEAN_KEYS = {"relevance_mass", "relevance_mass_chance", "relevance_rank", "relevance_rank_chance",
              "pointing_game", "pointing_game_chance", "deletion_auc", "deletion_auc_random",
-             "insertion_auc", "insertion_auc_random"}
+             "insertion_auc", "insertion_auc_random", "occlusion_drop", "occlusion_drop_random"}
 TOP_KEYS = {"run", "env", "method", "seed", "checkpoint_step", "frames_total", "frames_used",
             "frames_empty_mask", "frames_zero_map", "episodes", "mean_return", "means"}
 DELETION_STEPS = 5  # few steps keep the test fast; the metric code is tested in test_metrics.py
@@ -76,6 +76,8 @@ def test_cli_writes_result_with_sane_values(rollout, run_dir):
         if math.isnan(value):  # only alignment, and only when every map is all zero
             assert name.startswith(("relevance", "pointing")), name
             assert result["frames_zero_map"] == result["frames_used"]
+        elif name.startswith("occlusion"):  # a drop of a probability: occluding may also raise pi(a*|x)
+            assert -1.0 <= value <= 1.0, name
         else:
             assert 0.0 <= value <= 1.0, name
     assert len(result["mean_curves"]["fractions"]) == DELETION_STEPS + 1
@@ -205,5 +207,7 @@ def test_all_zero_maps_are_counted_and_left_out_of_alignment(rollout, tmp_path):
     for name, value in flat["means"].items():
         if name.startswith(("relevance", "pointing")):
             assert math.isnan(value), name
+        elif name.startswith("occlusion"):  # pi is uniform whatever the input: occluding changes nothing
+            assert value == pytest.approx(0.0, abs=1e-6), name
         else:  # faithfulness is still measured: pi is uniform whatever the input
             assert value == pytest.approx(1.0 / agent.actor.out_features), name

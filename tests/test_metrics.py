@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from eval.metrics import (chance_levels, deletion_insertion, pointing_game, relevance_mass,
-                          relevance_rank, zero_maps)
+from agents.attention import random_blob_masks
+from eval.metrics import (chance_levels, deletion_insertion, occlude, occlusion_drop, pixel_order, pointing_game,
+                          relevance_mass, relevance_rank, zero_maps)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -75,12 +76,45 @@ def test_hand_computed_example_with_k3():
     assert pointing_game(maps, masks).item() == 1.0
 
 
-def test_rank_ties_are_broken_by_pixel_index():
+def test_rank_ties_by_pixel_index_on_request():
     maps = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
     first_is_target = torch.tensor([[[1, 0], [0, 0]]])
     second_is_target = torch.tensor([[[0, 1], [0, 0]]])
-    assert relevance_rank(maps, first_is_target).item() == 1.0
-    assert relevance_rank(maps, second_is_target).item() == 0.0
+    assert relevance_rank(maps, first_is_target, ties="index").item() == 1.0
+    assert relevance_rank(maps, second_is_target, ties="index").item() == 0.0
+
+
+def test_rank_ties_broken_at_random_with_a_seeded_generator():
+    """Two tied maxima, one on the target: the target wins the tie in about half of the frames."""
+    maps = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]]).repeat(2000, 1, 1)
+    second_is_target = torch.tensor([[[0, 1], [0, 0]]]).repeat(2000, 1, 1)
+    ranks = relevance_rank(maps, second_is_target, generator=torch.Generator().manual_seed(3))
+    assert 0.45 < ranks.mean().item() < 0.55
+    again = relevance_rank(maps, second_is_target, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(ranks, again)
+    assert set(ranks.tolist()) == {0.0, 1.0}
+
+
+def test_pointing_game_tied_maxima():
+    """Two tied maxima, the second on the target: a hit under "any", a miss under the row-major "first"."""
+    maps = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    second_is_target = torch.tensor([[[0, 1], [0, 0]]])
+    assert pointing_game(maps, second_is_target).item() == 1.0
+    assert pointing_game(maps, second_is_target, ties="first").item() == 0.0
+    assert pointing_game(maps, torch.tensor([[[0, 0], [1, 0]]])).item() == 0.0  # no maximum on the target
+
+
+def test_deletion_order_breaks_ties_at_random():
+    """A flat map: the "map" order is a seeded random permutation, not the row-major pixel order."""
+    maps = torch.zeros(4, 8, 8)
+    order = pixel_order(maps, "map", torch.Generator().manual_seed(0))
+    assert not torch.equal(order[0], torch.arange(64)) and not torch.equal(order[0], order[1])
+    assert torch.equal(order.sort(dim=1).values, torch.arange(64).expand(4, 64))
+    assert torch.equal(order, pixel_order(maps, "map", torch.Generator().manual_seed(0)))
+    assert torch.equal(pixel_order(maps, "map", ties="index")[0], torch.arange(64))
+    # unequal values keep their order: the tie-break only permutes within equal values
+    maps[:, 0, :4] = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    assert pixel_order(maps, "map", torch.Generator().manual_seed(1))[:, :4].eq(torch.arange(4)).all()
 
 
 # --- faithfulness -------------------------------------------------------------------------
@@ -174,3 +208,22 @@ def test_random_order_is_reproducible_with_generator():
                      for _ in range(2))
     assert torch.equal(first.deletion_curve, second.deletion_curve)
     assert torch.equal(first.insertion_curve, second.insertion_curve)
+
+
+def test_occlusion_changes_only_the_mask_region_and_the_random_region_only_its_own():
+    model, obs, _, actions = faithfulness_setup()
+    region = torch.zeros(BATCH, SIZE, SIZE, dtype=torch.bool)
+    region[:, REGION[0], REGION[1]] = True
+    occluded = occlude(obs, region)
+    changed = (occluded != obs).any(dim=1)  # over the stacked frames
+    assert torch.equal(changed, region)  # obs > 0 everywhere, so every region pixel changes
+    assert (occluded[region.unsqueeze(1).expand_as(obs)] == 0).all()  # the deletion baseline, in every frame
+    blob = random_blob_masks(region, torch.Generator().manual_seed(0))
+    assert torch.equal(blob.flatten(1).sum(1), region.flatten(1).sum(1))  # equal area
+    assert torch.equal((occlude(obs, blob) != obs).any(dim=1), blob.bool())
+    # pi(a*|x) depends only on the region: occluding it drops pi, a disjoint blob of equal area does not
+    drop = occlusion_drop(model, obs, region, actions)
+    assert (drop > 0.9).all()
+    elsewhere = torch.zeros_like(region)
+    elsewhere[:, 10:14, 0:4] = True
+    assert torch.allclose(occlusion_drop(model, obs, elsewhere, actions), torch.zeros(BATCH))

@@ -1,0 +1,83 @@
+"""Export finished runs to compact run records, committed to the repository (kilobytes, not checkpoints).
+
+    python eval/record.py runs/basic__camal__1__1700000000 runs/basic__vanilla__1__1700000000 --study basic_100k
+
+A record ``results/<study>/<run folder name>/`` holds the run's ``config.json``, its episodic-return
+curve ``returns.csv`` (columns step, return: every ``charts/episodic_return`` of its event files) and,
+when present, ``attention_eval.json`` (eval/attention.py) and ``shift_eval.json`` (eval/shift.py).
+``eval/aggregate.py results/<study>`` reads records as it reads run folders, so runs finished on
+different machines or days add up.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import tyro
+
+from eval.aggregate import EVALUATION_FILES, RETURNS_FILE, SkippedRun, check_output_folder, load_run
+
+CONFIG = "config.json"
+
+
+@dataclass
+class Args:
+    runs: Annotated[list[str], tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+    """finished run folders to export"""
+    study: str
+    """name of the study: records go to RESULTS_DIR/STUDY/ (letters, digits, '.', '_', '-')"""
+    results_dir: str = "results"
+    """folder holding the studies"""
+    overwrite: bool = False
+    """replace a record that already exists (default: refuse)"""
+
+
+def export_run(run_dir: Path, record_dir: Path) -> list[Path]:
+    """Write the record of a complete run; returns the files written."""
+    run = load_run(run_dir)
+    record_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / CONFIG, record_dir / CONFIG)
+    pd.DataFrame({"step": run.steps, "return": run.returns}).to_csv(record_dir / RETURNS_FILE, index=False)
+    written = [record_dir / CONFIG, record_dir / RETURNS_FILE]
+    for name in EVALUATION_FILES:
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, record_dir / name)
+            written.append(record_dir / name)
+    return written
+
+
+def main(args: Args) -> None:
+    """Check every run first, then export: a refused command writes nothing."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", args.study) or set(args.study) == {"."}:
+        sys.exit(f"error: --study '{args.study}' must be a folder name of letters, digits, '.', '_' and '-'")
+    study_dir = Path(args.results_dir) / args.study
+    check_output_folder(study_dir, "--results-dir/--study")
+    targets = []
+    for run in args.runs:
+        run_dir = Path(run)
+        if not (run_dir / CONFIG).is_file():
+            sys.exit(f"error: {run}: not a run folder (no {CONFIG})")
+        try:
+            load_run(run_dir)
+        except SkippedRun as reason:
+            sys.exit(f"error: {run}: not a complete run ({reason})")
+        record_dir = study_dir / run_dir.resolve().name
+        if record_dir.exists() and not args.overwrite:
+            sys.exit(f"error: {record_dir} exists; --overwrite replaces it")
+        if record_dir in (target for _, target in targets):
+            sys.exit(f"error: two runs named {run_dir.resolve().name}; a study holds one record per run folder name")
+        targets.append((run_dir, record_dir))
+    for run_dir, record_dir in targets:
+        written = export_run(run_dir, record_dir)
+        size = sum(path.stat().st_size for path in written)
+        print(f"{run_dir} -> {record_dir} ({len(written)} files, {size / 1024:.1f} kB)")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
