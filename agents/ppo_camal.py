@@ -351,26 +351,34 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
             if args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
-            for step in range(args.num_steps):
-                global_step += args.num_envs
-                pixels_buf[step] = next_pixels
-                masks_buf[step] = next_mask
-                dones[step] = next_done
-                with torch.no_grad():  # acting: a plain forward pass, no attention
-                    action, logprob, _, value = agent.get_action_and_value(next_pixels)
-                values[step] = value.flatten()
-                actions[step] = action
-                logprobs[step] = logprob
-
-                next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                rewards[step] = torch.as_tensor(reward, device=device).view(-1)
-                next_pixels = torch.as_tensor(next_obs["pixels"], device=device)
-                next_mask = torch.as_tensor(next_obs["mask"], device=device).bool()
-                next_done = torch.as_tensor(np.logical_or(terminations, truncations), device=device).float()
-                for episode_return, episode_length in finished_episodes(infos):
-                    recent_returns.append(episode_return)
-                    writer.add_scalar("charts/episodic_return", episode_return, global_step)
-                    writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            # The envs step in two halves (envs/multi_engine.py): acting on one half overlaps the engines
+            # of the other. Pass `step` reads the outcome of step - 1 and acts for `step`; the extra last
+            # pass only reads. Actions are sampled half by half (the torch RNG draws in that order).
+            for step in range(args.num_steps + 1):
+                for half in envs.halves:
+                    if step > 0:
+                        next_obs, reward, terminations, truncations, infos = envs.step_wait(half)
+                        rewards[step - 1, half] = torch.as_tensor(reward, device=device).view(-1)
+                        next_pixels[half] = torch.as_tensor(next_obs["pixels"], device=device)
+                        next_mask[half] = torch.as_tensor(next_obs["mask"], device=device).bool()
+                        next_done[half] = torch.as_tensor(np.logical_or(terminations, truncations), device=device).float()
+                        for episode_return, episode_length in finished_episodes(infos):
+                            recent_returns.append(episode_return)
+                            writer.add_scalar("charts/episodic_return", episode_return, global_step)
+                            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+                    if step == args.num_steps:
+                        continue
+                    pixels_buf[step, half] = next_pixels[half]
+                    masks_buf[step, half] = next_mask[half]
+                    dones[step, half] = next_done[half]
+                    with torch.no_grad():  # acting: a plain forward pass, no attention
+                        action, logprob, _, value = agent.get_action_and_value(next_pixels[half])
+                    values[step, half] = value.flatten()
+                    actions[step, half] = action
+                    logprobs[step, half] = logprob
+                    envs.step_async(action.cpu().numpy(), half)
+                if step < args.num_steps:
+                    global_step += args.num_envs
             progress.update(args.batch_size)
 
             with torch.no_grad():
