@@ -74,8 +74,6 @@ class Args:
     """learning reward: per-scenario scale (measured to learn), clip to [-1, 1] (the paper's), or none"""
     targets: str | None = None
     """override the scenario's target objects, comma-separated names or categories (e.g. Monster,Medikit)"""
-    engines_per_worker: int | None = None
-    """engines stepped by each env worker process (None: about one worker per CPU core; README, Speed)"""
 
     # PPO (CleanRL's ppo_atari defaults)
     total_timesteps: int = 100_000
@@ -141,8 +139,6 @@ def check_args(args: Args) -> None:
     check_scenario(args.env)
     if args.targets is not None:
         targets_for(args.env, args.targets)
-    if args.engines_per_worker is not None and args.engines_per_worker <= 0:
-        raise ValueError(f"--engines-per-worker must be > 0 (or omitted for the default), got {args.engines_per_worker}")
     if args.camal_coef < 0:
         raise ValueError(f"--camal-coef must be >= 0, got {args.camal_coef}")
     if args.mask_source not in MASK_SOURCES:
@@ -296,8 +292,7 @@ def main(args: Args) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     envs = make_vector_env(args.env, args.num_envs, targets=args.targets, reward_transform=args.reward_transform,
-                           video_dir=f"videos/{run_name}" if args.capture_video else None,
-                           engines_per_worker=args.engines_per_worker)
+                           video_dir=f"videos/{run_name}" if args.capture_video else None)
     try:
         return train(args, run_dir, envs, device)
     finally:
@@ -351,34 +346,26 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
             if args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
-            # The envs step in two halves (envs/multi_engine.py): acting on one half overlaps the engines
-            # of the other. Pass `step` reads the outcome of step - 1 and acts for `step`; the extra last
-            # pass only reads. Actions are sampled half by half (the torch RNG draws in that order).
-            for step in range(args.num_steps + 1):
-                for half in envs.halves:
-                    if step > 0:
-                        next_obs, reward, terminations, truncations, infos = envs.step_wait(half)
-                        rewards[step - 1, half] = torch.as_tensor(reward, device=device).view(-1)
-                        next_pixels[half] = torch.as_tensor(next_obs["pixels"], device=device)
-                        next_mask[half] = torch.as_tensor(next_obs["mask"], device=device).bool()
-                        next_done[half] = torch.as_tensor(np.logical_or(terminations, truncations), device=device).float()
-                        for episode_return, episode_length in finished_episodes(infos):
-                            recent_returns.append(episode_return)
-                            writer.add_scalar("charts/episodic_return", episode_return, global_step)
-                            writer.add_scalar("charts/episodic_length", episode_length, global_step)
-                    if step == args.num_steps:
-                        continue
-                    pixels_buf[step, half] = next_pixels[half]
-                    masks_buf[step, half] = next_mask[half]
-                    dones[step, half] = next_done[half]
-                    with torch.no_grad():  # acting: a plain forward pass, no attention
-                        action, logprob, _, value = agent.get_action_and_value(next_pixels[half])
-                    values[step, half] = value.flatten()
-                    actions[step, half] = action
-                    logprobs[step, half] = logprob
-                    envs.step_async(action.cpu().numpy(), half)
-                if step < args.num_steps:
-                    global_step += args.num_envs
+            for step in range(args.num_steps):
+                global_step += args.num_envs
+                pixels_buf[step] = next_pixels
+                masks_buf[step] = next_mask
+                dones[step] = next_done
+                with torch.no_grad():  # acting: a plain forward pass, no attention
+                    action, logprob, _, value = agent.get_action_and_value(next_pixels)
+                values[step] = value.flatten()
+                actions[step] = action
+                logprobs[step] = logprob
+
+                next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+                rewards[step] = torch.as_tensor(reward, device=device).view(-1)
+                next_pixels = torch.as_tensor(next_obs["pixels"], device=device)
+                next_mask = torch.as_tensor(next_obs["mask"], device=device).bool()
+                next_done = torch.as_tensor(np.logical_or(terminations, truncations), device=device).float()
+                for episode_return, episode_length in finished_episodes(infos):
+                    recent_returns.append(episode_return)
+                    writer.add_scalar("charts/episodic_return", episode_return, global_step)
+                    writer.add_scalar("charts/episodic_length", episode_length, global_step)
             progress.update(args.batch_size)
 
             with torch.no_grad():
