@@ -79,9 +79,10 @@ def test_killing_the_process_that_made_the_env_ends_its_workers_and_engines():
 
 def test_workers_leave_ctrl_c_and_sigterm_to_the_trainer_and_close_ends_them():
     envs = make_vector_env("basic", 2)
+    workers = [process.pid for process in envs.processes]
+    tree, closed = workers, False
     try:
-        envs.reset(seed=0)
-        workers = [process.pid for process in envs.processes]
+        envs.reset(seed=0)  # the workers have made their engines
         tree = workers + [pid for worker in workers for pid in descendants(worker)]
         assert len(tree) == 2 + 2, f"expected 2 workers and their 2 engines, found {tree}"
         for pid in workers:
@@ -90,6 +91,12 @@ def test_workers_leave_ctrl_c_and_sigterm_to_the_trainer_and_close_ends_them():
         time.sleep(0.5)
         observations, *_ = envs.step(np.zeros(2, dtype=np.int64))
         assert observations["pixels"].shape[0] == 2
-    finally:
         envs.close()
-    assert not wait_until_ended(tree, seconds=10)
+        closed = True
+    finally:
+        try:
+            if not closed:
+                envs.close()
+        finally:
+            left = wait_until_ended(tree, seconds=10)
+    assert not left, f"still running 10 s after close: {left}"
