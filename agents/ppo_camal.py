@@ -76,8 +76,8 @@ class Args:
     """write a checkpoint every this many updates (and always at the end or on Ctrl-C/SIGTERM)"""
     resume: str | None = None
     """continue the run in this run folder (same step count, same tensorboard curves). Flags given with it
-    must not change the run, except --total-timesteps (train longer), --cuda, --track, --wandb-*
-    and --engines-per-worker; other changes are refused"""
+    must not change the run, except --total-timesteps (train longer), --cuda, --track and --wandb-*;
+    other changes are refused"""
     image_every: int = 10
     """log frames with the attention map and the mask to tensorboard every this many updates (0: never)"""
 
@@ -88,8 +88,6 @@ class Args:
     """factor of --reward-transform scale (default: the stock scenario's; a custom .cfg has none; README)"""
     targets: str | None = None
     """override the scenario's target objects, comma-separated names or categories (e.g. Monster,Medikit); not empty"""
-    engines_per_worker: int | None = None
-    """engines stepped by each env worker process (None: about one worker per CPU core; README, Speed)"""
 
     # PPO (CleanRL's ppo_atari defaults)
     total_timesteps: int = 100_000
@@ -146,7 +144,7 @@ class Args:
 
 RUNTIME_FIELDS = ("method", "batch_size", "minibatch_size", "num_iterations")
 # flags that may differ on --resume: how long and where a run trains, not what it learns
-RESUME_CHANGEABLE = ("total_timesteps", "cuda", "track", "wandb_project_name", "wandb_entity", "engines_per_worker")
+RESUME_CHANGEABLE = ("total_timesteps", "cuda", "track", "wandb_project_name", "wandb_entity")
 SEED_MAX = 2**32 - 1  # numpy's seed range is [0, 2**32 - 1]
 NO_TARGET_UPDATES = 3  # an attention-loss run that sees no target in this many first updates is warned
 
@@ -175,8 +173,6 @@ def check_args(args: Args) -> None:
         raise ValueError(f"--seed must be in [0, {SEED_MAX}] (numpy's seed range), got {args.seed}")
     reward_scale_for(check_scenario(args.env), args.reward_transform, args.reward_scale)
     targets_for(args.env, args.targets)
-    if args.engines_per_worker is not None and args.engines_per_worker <= 0:
-        raise ValueError(f"--engines-per-worker must be > 0 (or omitted for the default), got {args.engines_per_worker}")
     if args.camal_coef < 0:
         raise ValueError(f"--camal-coef must be >= 0, got {args.camal_coef}")
     if args.mask_source not in MASK_SOURCES:
@@ -510,8 +506,7 @@ def main(args: Args) -> Path:
 
         # env setup
         envs = make_vector_env(args.env, args.num_envs, targets=args.targets, reward_transform=args.reward_transform,
-                               reward_scale=args.reward_scale, video_dir=f"videos/{run_name}" if args.capture_video else None,
-                               engines_per_worker=args.engines_per_worker)
+                               reward_scale=args.reward_scale, video_dir=f"videos/{run_name}" if args.capture_video else None)
     except BaseException:
         if not args.resume:  # the run never started
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -9,9 +9,8 @@ Every setup runs N engines in parallel with random actions:
 - raw engine, lockstep: the same N engines stepped together, one thread each (``make_action``
   releases the GIL), every step waiting for all N, as any synchronous vector env must; nothing is
   done with the frames. The ceiling for a vector env that feeds a PPO rollout.
-- gymnasium AsyncVectorEnv: ``envs.make_env`` with masks on, one process per engine.
-- make_vector_env: the project's vector env with masks on, ``--engines-per-worker`` engines per
-  worker process (default: about one worker per core).
+- make_vector_env: the project's vector env with masks on (gymnasium's AsyncVectorEnv, one worker
+  process per engine).
 
 Engine start-up and a short warm-up are left out of the timings; the two sides alternate for
 ``--repeats`` rounds and the median is reported. ``--profile`` also runs the env side in one
@@ -23,23 +22,22 @@ process (SyncVectorEnv) under cProfile and prints where the time goes.
 from __future__ import annotations
 
 import cProfile
-import functools
 import io
 import multiprocessing as mp
 import os
 import pstats
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import gymnasium as gym
-
 import numpy as np
 import tyro
 import vizdoom as vzd
 
-from envs.doom import FRAME_SKIP, SCENARIOS, check_scenario, make_env, make_vector_env
+from envs.doom import FRAME_SKIP, SCENARIOS, check_scenario, make_vector_env
 
 WARMUP_STEPS = 50
 
@@ -56,8 +54,6 @@ class Args:
     """Timed rounds per side, alternating raw and env; the median is reported."""
     seed: int = 0
     """Seeds the engines and the random actions."""
-    engines_per_worker: int | None = None
-    """Engines per worker process of make_vector_env (None: its default, about one worker per core)."""
     profile: bool = False
     """Also profile the env side in one process (SyncVectorEnv) with cProfile."""
 
@@ -148,12 +144,6 @@ def raw_lockstep_steps_per_second(scenario: str, num_envs: int, steps: int, seed
             game.close()
 
 
-def gymnasium_async(scenario: str, num_envs: int) -> gym.vector.VectorEnv:
-    """gymnasium's AsyncVectorEnv over the same preprocessed envs: one process per engine."""
-    return gym.vector.AsyncVectorEnv([functools.partial(make_env, scenario)] * num_envs,
-                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-
-
 def env_steps_per_second(envs: gym.vector.VectorEnv, steps: int, seed: int) -> float:
     try:
         num_envs = envs.num_envs
@@ -202,22 +192,29 @@ def print_table(args: Args, rates: dict[str, list[float]]) -> None:
 RAW_SETUP = "raw engine, make_action"
 RAW_STATE_SETUP = "raw engine, make_action + get_state"
 LOCKSTEP_SETUP = "raw engine + get_state, lockstep"
-GYM_ASYNC_SETUP = "gymnasium AsyncVectorEnv, masks on"
 ENV_SETUP = "make_vector_env, masks on"
 
 
+def check_args(args: Args) -> None:
+    """Exit with a one-line error for values the benchmark cannot run with."""
+    try:
+        check_scenario(args.env)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    for name in ("num_envs", "steps", "repeats"):
+        if getattr(args, name) < 1:
+            sys.exit(f"error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
 def main(args: Args) -> None:
-    check_scenario(args.env)
-    rates: dict[str, list[float]] = {name: [] for name in
-                                     (RAW_SETUP, RAW_STATE_SETUP, LOCKSTEP_SETUP, GYM_ASYNC_SETUP, ENV_SETUP)}
+    check_args(args)
+    rates: dict[str, list[float]] = {name: [] for name in (RAW_SETUP, RAW_STATE_SETUP, LOCKSTEP_SETUP, ENV_SETUP)}
     for round_index in range(args.repeats):
         seed = args.seed + 1000 * round_index
         rates[RAW_SETUP].append(raw_steps_per_second(args.env, args.num_envs, args.steps, seed, False))
         rates[RAW_STATE_SETUP].append(raw_steps_per_second(args.env, args.num_envs, args.steps, seed, True))
         rates[LOCKSTEP_SETUP].append(raw_lockstep_steps_per_second(args.env, args.num_envs, args.steps, seed))
-        rates[GYM_ASYNC_SETUP].append(env_steps_per_second(gymnasium_async(args.env, args.num_envs), args.steps, seed))
-        envs = make_vector_env(args.env, args.num_envs, engines_per_worker=args.engines_per_worker)
-        rates[ENV_SETUP].append(env_steps_per_second(envs, args.steps, seed))
+        rates[ENV_SETUP].append(env_steps_per_second(make_vector_env(args.env, args.num_envs), args.steps, seed))
         print(f"round {round_index + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()),
               flush=True)
     print_table(args, rates)

@@ -29,7 +29,7 @@ from gymnasium.wrappers import (
 )
 from vizdoom.gymnasium_wrapper.gymnasium_env_defns import VizdoomScenarioEnv
 
-from envs.multi_engine import MultiEngineVectorEnv
+from envs.worker import prepare_worker
 from masks import label_mask, targets_for
 from scenarios import SCENARIOS, Scenario, check_scenario, config_path, wad_path  # noqa: F401 (SCENARIOS: re-exported)
 
@@ -153,12 +153,6 @@ def make_env(
     return env
 
 
-def default_engines_per_worker(num_envs: int) -> int:
-    """Enough engines per worker process that there is about one worker per available core."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return -(-num_envs // cores)
-
-
 def make_vector_env(
     scenario: str,
     num_envs: int,
@@ -166,12 +160,11 @@ def make_vector_env(
     reward_transform: str = "scale",
     asynchronous: bool = True,
     video_dir: str | None = None,
-    engines_per_worker: int | None = None,
     reward_scale: float | None = None,
 ) -> gym.vector.VectorEnv:
-    """N environments in worker processes, each worker stepping ``engines_per_worker`` engines
-    (default: about one worker per core; see envs/multi_engine.py), or all in this process with
-    ``asynchronous=False``.
+    """N environments, one worker process each (gymnasium's AsyncVectorEnv; the workers leave Ctrl-C
+    to the caller and end with it, see envs/worker.py), or all in this process with
+    ``asynchronous=False`` (SyncVectorEnv). Make it from the main thread.
 
     Autoreset is same-step (as in gym<1.0, which CleanRL's PPO assumes): on a terminal step the
     returned observation and mask are the new episode's first; the all-zero terminal observation is in
@@ -182,14 +175,13 @@ def make_vector_env(
     targets = targets_for(scenario, targets)
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {num_envs}")
-    if engines_per_worker is None:
-        engines_per_worker = default_engines_per_worker(num_envs)
-    if engines_per_worker < 1:
-        raise ValueError(f"engines_per_worker must be at least 1, got {engines_per_worker}")
     # each engine creates ./_vizdoom/ if missing; engines starting together can race on it and fail
     os.makedirs("_vizdoom", exist_ok=True)
+    parent_pid = os.getpid()
 
     def thunk(index: int) -> gym.Env:
+        if os.getpid() != parent_pid:  # in a worker (AsyncVectorEnv also makes env 0 here, for its spaces)
+            prepare_worker(parent_pid)
         if video_dir is not None and index == 0:
             env = make_env(scenario, targets, reward_transform, render_mode="rgb_array", reward_scale=reward_scale)
             return RecordVideo(env, video_dir, disable_logger=True)
@@ -198,5 +190,5 @@ def make_vector_env(
     thunks: list[Callable[[], gym.Env]] = [functools.partial(thunk, i) for i in range(num_envs)]
     if not asynchronous:
         return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    per_worker = [thunks[start:start + engines_per_worker] for start in range(0, num_envs, engines_per_worker)]
-    return MultiEngineVectorEnv(per_worker, observation_space())
+    # fork: the thunks are closures, and the workers' parent is this process
+    return gym.vector.AsyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, context="fork")

@@ -1,0 +1,102 @@
+"""The vector env's processes: one worker per env, each with its engine; Ctrl-C and SIGTERM are left to
+the process that made the env, close ends them, and none outlives that process when it is killed.
+
+That its observations, rewards and autoresets match the engine frame by frame is tested in
+test_envs.py (test_vector_env_matches_a_raw_engine_replay_frame_by_frame).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs import make_vector_env
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPPING_FOREVER = """
+import numpy as np
+from envs import make_vector_env
+envs = make_vector_env("basic", 3)
+envs.reset(seed=0)
+print("stepping", flush=True)
+while True:
+    envs.step(np.zeros(3, dtype=np.int64))
+"""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (the children of each of its threads)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as file:
+            for child in map(int, file.read().split()):
+                found += [child, *descendants(child)]
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie has ended; only its exit status is left)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_until_ended(pids: list[int], seconds: float) -> list[int]:
+    """The pids still running after ``seconds``; those are then killed, not left to the rest of the suite."""
+    deadline = time.monotonic() + seconds
+    while any(map(is_running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if is_running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def test_killing_the_process_that_made_the_env_ends_its_workers_and_engines():
+    process = subprocess.Popen([sys.executable, "-c", STEPPING_FOREVER], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert process.stdout.readline().strip() == "stepping"
+        tree = descendants(process.pid)
+        assert len(tree) == 3 + 3, f"expected 3 workers and their 3 engines, found {tree}"
+    finally:
+        process.kill()
+        process.wait()
+    left = wait_until_ended(tree, seconds=10)
+    assert not left, f"still running 10 s after kill -9 of their parent: {left}"
+
+
+def test_workers_leave_ctrl_c_and_sigterm_to_the_trainer_and_close_ends_them():
+    envs = make_vector_env("basic", 2)
+    workers = [process.pid for process in envs.processes]
+    tree, closed = workers, False
+    try:
+        envs.reset(seed=0)  # the workers have made their engines
+        tree = workers + [pid for worker in workers for pid in descendants(worker)]
+        assert len(tree) == 2 + 2, f"expected 2 workers and their 2 engines, found {tree}"
+        for pid in workers:
+            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)
+        observations, *_ = envs.step(np.zeros(2, dtype=np.int64))
+        assert observations["pixels"].shape[0] == 2
+        envs.close()
+        closed = True
+    finally:
+        try:
+            if not closed:
+                envs.close()
+        finally:
+            left = wait_until_ended(tree, seconds=10)
+    assert not left, f"still running 10 s after close: {left}"
