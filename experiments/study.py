@@ -115,10 +115,10 @@ class Study:
 # ---------------------------------------------------------------- the study file
 
 
-def as_flags(table: dict, hints: dict, reserved: set[str], where: str) -> list[str]:
+def as_flags(values: dict, hints: dict, reserved: set[str], where: str) -> list[str]:
     """A TOML table of a script's Args fields -> its command-line flags, each value type-checked."""
     flags = []
-    for key, value in table.items():
+    for key, value in values.items():
         name = key.replace("-", "_")
         if name in reserved or name not in hints:
             valid = ", ".join(sorted(set(hints) - reserved))
@@ -299,7 +299,8 @@ class RunFailed(Exception):
 def die_with_parent() -> None:
     """In the child: SIGTERM when the Ray worker that started it dies, so it checkpoints and exits."""
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def run_logged(cmd: list[str], log: Path, cwd: Path, env: dict, lock_fd: int) -> int:
@@ -463,7 +464,8 @@ def start_ray(args: Args):
     options = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         if args.address is None:
-            ray.init(address="local", num_cpus=args.num_cpus, **options)
+            # Ray renices its workers (+15 by default), which would slow the trainers on a shared machine
+            ray.init(address="local", num_cpus=args.num_cpus, _system_config={"worker_niceness": 0}, **options)
         else:
             ray.init(address=args.address, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
