@@ -503,6 +503,7 @@ def run_study(args: Args, study: Study, results_dir: Path) -> int:
     if not todo:
         return 0
     ray = start_ray(args)
+    signal.signal(signal.SIGTERM, interrupt)  # after ray.init, whose own SIGTERM handler exits at once
     done = {name for name, state in states.items() if state == "done"}
     failed: dict[str, str] = {}
     refs: dict = {}
@@ -572,7 +573,6 @@ def main(args: Args) -> None:
         if args.address is not None:
             check_address(args.address)
         check_results_dir(results_dir)
-        signal.signal(signal.SIGTERM, interrupt)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
         sys.exit(run_study(args, study, results_dir))
     except StudyError as error:
