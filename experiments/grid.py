@@ -1,34 +1,22 @@
-"""Run a grid of trainings (scenario x method x seed) in parallel, optionally evaluating each.
+"""The former grid runner's flags, as an alias of the study runner (experiments/study.py, on Ray).
 
-    python experiments/grid.py --envs basic defend_the_center --methods vanilla camal rrr camal-random \\
-        --seeds 1 2 3 --jobs 4 --eval-episodes 10
+    python experiments/grid.py --envs basic --methods vanilla camal --seeds 1 2 3 --jobs 2 --eval-episodes 10
 
-Each run is `python agents/ppo_camal.py` with the method's flags; its console output goes to
-RUNS_DIR/logs/. Then `python eval/aggregate.py RUNS_DIR` compares the methods.
+writes the grid as a study file, RUNS_DIR/grid.toml, and runs `experiments/study.py RUNS_DIR/grid.toml
+--results-dir RUNS_DIR` on a local Ray of jobs x threads-per-run CPUs. Rerunning it resumes the grid.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tyro
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# method label (as written in config.json) -> flags of agents/ppo_camal.py
-METHODS: dict[str, list[str]] = {
-    "vanilla": ["--attn-loss", "none"],
-    "camal": ["--attn-loss", "camal"],
-    "rrr": ["--attn-loss", "rrr"],
-    "camal-random": ["--attn-loss", "camal", "--mask-source", "random"],
-    "camal-shuffled": ["--attn-loss", "camal", "--mask-source", "shuffled"],
-}
+from study import StudyError, parse_study  # experiments/, this script's folder
 
 
 @dataclass
@@ -44,51 +32,39 @@ class Args:
     jobs: int = 2
     """runs trained at the same time"""
     runs_dir: str = "runs"
-    """folder for the run folders (and logs/)"""
-    eval_episodes: int = 0
-    """after training, run eval/attention.py and eval/shift.py with this many episodes (0: skip)"""
+    """results directory of the study (the run folders, and grid.toml)"""
+    eval_episodes: int = 10
+    """episodes of eval/attention.py after training (every run of a study is evaluated)"""
     threads_per_run: int = 1
-    """torch threads per run (OMP_NUM_THREADS), so parallel runs do not oversubscribe the cores"""
+    """CPUs, torch threads and env workers per run"""
     camal_coef: float | None = None
     """lambda for every run (default: the agent's default)"""
 
 
-def run_one(args: Args, env: str, method: str, seed: int) -> str:
-    name = f"{env}__{method}__{seed}"
-    log = Path(args.runs_dir) / "logs" / f"{name}.log"
-    child_env = {**os.environ, "OMP_NUM_THREADS": str(args.threads_per_run), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(ROOT / "agents/ppo_camal.py"), "--env", env, "--seed", str(seed),
-           "--total-timesteps", str(args.total_timesteps), "--runs-dir", args.runs_dir, *METHODS[method]]
-    if args.camal_coef is not None:
-        cmd += ["--camal-coef", str(args.camal_coef)]
-    start = time.time()
-    with open(log, "w") as out:
-        code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
-        if code == 0 and args.eval_episodes:
-            run_dir = max(Path(args.runs_dir).glob(f"{env}__{method}__{seed}__*"), key=os.path.getmtime)
-            for evaluation in (["eval/attention.py", "--no-video"], ["eval/shift.py"]):
-                code = code or subprocess.call([sys.executable, str(ROOT / evaluation[0]), str(run_dir),
-                                                "--episodes", str(args.eval_episodes), *evaluation[1:]],
-                                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                               env=child_env)
-    status = "ok" if code == 0 else f"FAILED (exit {code}, see {log})"
-    return f"{name}: {status} in {time.time() - start:.0f} s"
+def study_file(args: Args) -> str:
+    flags = "" if args.camal_coef is None else f"\n[flags]\ncamal_coef = {args.camal_coef}\n"
+    return ("[budgets]\n" + "".join(f"{env} = {args.total_timesteps}\n" for env in args.envs)
+            + f"\n[[runs]]\nscenarios = {json.dumps(args.envs)}\nmethods = {json.dumps(args.methods)}\n"
+            f"seeds = {json.dumps(args.seeds)}\n{flags}\n[eval]\nepisodes = {args.eval_episodes}\nvideo = false\n")
 
 
 def main(args: Args) -> None:
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        sys.exit(f"error: unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
-    (Path(args.runs_dir) / "logs").mkdir(parents=True, exist_ok=True)
-    grid = [(env, method, seed) for env in args.envs for seed in args.seeds for method in args.methods]
-    print(f"{len(grid)} runs, {args.jobs} at a time, logs in {args.runs_dir}/logs", flush=True)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        failures = 0
-        for i, result in enumerate(pool.map(lambda job: run_one(args, *job), grid), 1):
-            failures += "FAILED" in result
-            print(f"[{i}/{len(grid)}] {result}", flush=True)
-    if failures:
-        sys.exit(f"error: {failures} of {len(grid)} runs failed")
+    if args.jobs < 1 or args.threads_per_run < 1:
+        sys.exit(f"error: --jobs and --threads-per-run must be >= 1, got {args.jobs} and {args.threads_per_run}")
+    study = Path(args.runs_dir) / "grid.toml"
+    try:
+        parse_study(study_file(args), "the grid", "grid")
+    except StudyError as error:
+        sys.exit(f"error: {error}")
+    try:
+        study.parent.mkdir(parents=True, exist_ok=True)
+        study.write_text(study_file(args))
+    except OSError as error:
+        sys.exit(f"error: --runs-dir {args.runs_dir} cannot be written ({error.strerror or error})")
+    runner = Path(__file__).with_name("study.py")
+    os.execv(sys.executable, [sys.executable, str(runner), str(study), "--results-dir", args.runs_dir,
+                              "--cpus-per-run", str(args.threads_per_run),
+                              "--num-cpus", str(args.jobs * args.threads_per_run)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,603 @@
+"""Run a declared study (scenarios x methods x seeds) on Ray: locally, or on a cluster with --address.
+
+    python experiments/study.py experiments/quick.toml                    # local Ray, started on the fly
+    python experiments/study.py experiments/paper.toml --address auto     # an existing Ray cluster
+    python eval/aggregate.py runs/quick --out results/quick
+
+Each run is one Ray task that trains with `agents/ppo_camal.py` (a subprocess) in
+RESULTS/{env}__{method}__{seed}/, then evaluates it with `eval/attention.py`. A run is finished when
+its checkpoint's step reaches the budget and its attention_eval.json exists; running a study again
+skips finished runs and resumes the others from their checkpoints. A run whose worker or node dies is
+retried by Ray and resumes from its checkpoint too. Ctrl-C stops every run with a checkpoint.
+The study file format is described in experiments/quick.toml.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from agents import ppo_camal
+from envs import check_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# method label (as written in config.json) -> flags of agents/ppo_camal.py
+METHODS: dict[str, list[str]] = {
+    "vanilla": ["--attn-loss", "none"],
+    "camal": ["--attn-loss", "camal"],
+    "camal-random": ["--attn-loss", "camal", "--mask-source", "random"],
+    "camal-shuffled": ["--attn-loss", "camal", "--mask-source", "shuffled"],
+    "rrr": ["--attn-loss", "rrr"],
+}
+# agent flags the runner sets itself (from the run's scenario, method, seed, budget, folder, resources)
+RUNNER_FLAGS = {"env", "seed", "total_timesteps", "runs_dir", "resume", "attn_loss", "mask_source", "cuda",
+                "exp_name", "track"}
+EVAL_RUNNER_FLAGS = {"run", "out", "cuda", "frames", "record_frames"}
+STUDY_KEYS = {"budgets", "runs", "resources", "flags", "method_flags", "eval"}
+EVAL_RESULT = "attention_eval.json"
+SHIFT_RESULT = "shift_eval.json"
+SHIFT_SHARED_FLAGS = ("--episodes", "--seed", "--greedy")  # eval flags that eval/shift.py takes too
+LOCK = ".study.lock"
+
+
+@dataclass
+class Args:
+    study: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="STUDY.toml")]
+    """the study file (e.g. experiments/quick.toml)"""
+    address: str | None = None
+    """Ray cluster to run on: HOST:PORT of its head, or auto (the cluster `ray start` made on this node); None: a local Ray started for this study"""
+    results_dir: str | None = None
+    """folder of the run folders, shared by every node of a cluster (None: runs/STUDY_NAME)"""
+    cpus_per_run: float | None = None
+    """CPUs reserved for each run, also its torch threads and env workers (None: the study file's [resources] cpus)"""
+    gpus_per_run: float | None = None
+    """GPU fraction reserved for each run, e.g. 0.25: 4 runs share a GPU (None: the study file's [resources] gpus)"""
+    num_cpus: int | None = None
+    """CPUs of the local Ray (None: all of this machine's); ignored with --address"""
+    max_retries: int = 3
+    """times Ray restarts a run whose worker process or node died (each restart resumes from the checkpoint)"""
+    refresh: float = 10.0
+    """seconds between two progress views on the console"""
+    dry_run: bool = False
+    """list the runs and their state (done / partial / new) and exit, without Ray"""
+
+
+class StudyError(ValueError):
+    """A problem with the user's input, reported as one line."""
+
+
+@dataclass(frozen=True)
+class Run:
+    env: str
+    method: str
+    seed: int
+    budget: int
+    train_flags: tuple[str, ...]
+    eval_flags: tuple[str, ...]
+    num_envs: int
+    batch_size: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.env}__{self.method}__{self.seed}"
+
+    @property
+    def final_step(self) -> int:
+        """the trainer stops after budget // batch_size whole updates"""
+        return self.budget // self.batch_size * self.batch_size
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    runs: list[Run]
+    cpus: float
+    gpus: float
+
+
+# ---------------------------------------------------------------- the study file
+
+
+def as_flags(values: dict, hints: dict, reserved: set[str], where: str) -> list[str]:
+    """A TOML table of a script's Args fields -> its command-line flags, each value type-checked."""
+    flags = []
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name in reserved or name not in hints:
+            valid = ", ".join(sorted(set(hints) - reserved))
+            raise StudyError(f"{where}: unknown or runner-set flag '{key}'; valid: {valid}")
+        if not fits(value, hints[name]):
+            raise StudyError(f"{where}: {key} = {value!r} is not a {hints[name]}")
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def fits(value, hint) -> bool:
+    if typing.get_origin(hint) is Literal:
+        return value in typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(fits(value, h) for h in typing.get_args(hint) if h is not type(None))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(hint, type) and isinstance(value, hint)
+
+
+def field_hints(args_class) -> dict:
+    hints = typing.get_type_hints(args_class, include_extras=False)
+    return {f.name: hints[f.name] for f in dataclasses.fields(args_class) if f.init and "Suppress" not in str(f.type)}
+
+
+def table(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise StudyError(f"{where} must be a table")
+    return value
+
+
+def load_study(path: str, cpus: float | None = None, gpus: float | None = None) -> Study:
+    """Parse and check a study file; every run's agent arguments pass the trainer's own checks."""
+    file = Path(path)
+    if not file.is_file():
+        raise StudyError(f"{path}: no such study file")
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise StudyError(f"{path}: cannot be read ({error})") from None
+    return parse_study(text, path, file.stem, cpus, gpus)
+
+
+def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus: float | None = None) -> Study:
+    """A study from the text of a study file (path: where it comes from, for messages)."""
+    try:
+        spec = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise StudyError(f"{path}: not a valid TOML file ({error})") from None
+    unknown = set(spec) - STUDY_KEYS
+    if unknown:
+        raise StudyError(f"{path}: unknown key '{sorted(unknown)[0]}'; valid: {', '.join(sorted(STUDY_KEYS))}")
+    for key in ("budgets", "runs"):
+        if key not in spec:
+            raise StudyError(f"{path}: missing [{key}]" if key == "budgets" else f"{path}: missing [[runs]]")
+    agent_hints = field_hints(ppo_camal.Args)
+    eval_hints = field_hints(load_eval_args())
+    budgets = table(spec["budgets"], f"{path}: [budgets]")
+    for env, budget in budgets.items():
+        try:
+            check_scenario(env)
+        except ValueError as error:
+            raise StudyError(f"{path}: [budgets]: {error}") from None
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
+            raise StudyError(f"{path}: [budgets] {env} = {budget!r}; a budget is a number of steps > 0")
+    common = as_flags(table(spec.get("flags", {}), f"{path}: [flags]"), agent_hints, RUNNER_FLAGS, f"{path}: [flags]")
+    method_flags = table(spec.get("method_flags", {}), f"{path}: [method_flags]")
+    for method, flags in method_flags.items():
+        if method not in METHODS:
+            raise StudyError(f"{path}: [method_flags.{method}]: unknown method; valid: {', '.join(METHODS)}")
+        table(flags, f"{path}: [method_flags.{method}]")
+    eval_flags = tuple(as_flags(table(spec.get("eval", {}), f"{path}: [eval]"), eval_hints, EVAL_RUNNER_FLAGS,
+                                f"{path}: [eval]"))
+    resources = table(spec.get("resources", {}), f"{path}: [resources]")
+    if set(resources) - {"cpus", "gpus"}:
+        raise StudyError(f"{path}: [resources]: unknown key '{sorted(set(resources) - {'cpus', 'gpus'})[0]}'; valid: cpus, gpus")
+    cpus = cpus if cpus is not None else resources.get("cpus", 1)
+    gpus = gpus if gpus is not None else resources.get("gpus", 0)
+    if not fits(cpus, float) or cpus <= 0:
+        raise StudyError(f"CPUs per run must be > 0, got {cpus!r}")
+    if not fits(gpus, float) or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+        raise StudyError(f"GPUs per run must be a fraction in [0, 1] or a whole number, got {gpus!r}")
+
+    groups = spec["runs"]
+    if not isinstance(groups, list) or not groups:
+        raise StudyError(f"{path}: [[runs]] must be one or more tables of scenarios, methods and seeds")
+    runs: dict[str, Run] = {}
+    for i, group in enumerate(groups, 1):
+        where = f"{path}: [[runs]] #{i}"
+        group = table(group, where)
+        if set(group) != {"scenarios", "methods", "seeds"}:
+            raise StudyError(f"{where}: needs exactly the keys scenarios, methods, seeds; got {', '.join(sorted(group))}")
+        for key in ("scenarios", "methods", "seeds"):
+            if not isinstance(group[key], list) or not group[key]:
+                raise StudyError(f"{where}: {key} must be a non-empty list")
+        for method in group["methods"]:
+            if method not in METHODS:
+                raise StudyError(f"{where}: unknown method {method!r}; valid: {', '.join(METHODS)}")
+        for env in group["scenarios"]:
+            if env not in budgets:
+                try:
+                    check_scenario(env)
+                except (ValueError, TypeError) as error:
+                    raise StudyError(f"{where}: {error}") from None
+                raise StudyError(f"{where}: scenario '{env}' has no budget in [budgets]")
+        for seed in group["seeds"]:
+            if not fits(seed, int) or not 0 <= seed < 2**32:
+                raise StudyError(f"{where}: seed {seed!r} is not an integer in [0, 2**32)")
+        for env in group["scenarios"]:
+            for method in group["methods"]:
+                flags = tuple(common + as_flags(method_flags.get(method, {}), agent_hints, RUNNER_FLAGS,
+                                                f"{path}: [method_flags.{method}]"))
+                run_args = tyro.cli(ppo_camal.Args, args=["--env", env, "--total-timesteps", str(budgets[env]),
+                                                         *METHODS[method], *flags])
+                try:
+                    ppo_camal.check_args(run_args)
+                except ValueError as error:
+                    raise StudyError(f"{where}: {env} {method}: {error}") from None
+                for seed in group["seeds"]:
+                    run = Run(env, method, seed, budgets[env], flags, eval_flags, run_args.num_envs,
+                              run_args.num_envs * run_args.num_steps)
+                    runs.setdefault(run.name, run)
+    return Study(name, list(runs.values()), float(cpus), float(gpus))
+
+
+def load_eval_args():
+    """eval/attention.py's Args (eval/ is a package of this project)."""
+    from eval import attention
+
+    return attention.Args
+
+
+# ---------------------------------------------------------------- one run's folder
+
+
+def run_folders(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob("*/" + ppo_camal.CONFIG))
+
+
+def checkpoint_step(folder: Path) -> int:
+    import torch
+
+    state = torch.load(folder / ppo_camal.CHECKPOINT, map_location="cpu", weights_only=False)
+    return int(state["global_step"])
+
+
+def run_state(root: Path, run: Run) -> tuple[str, Path | None, int]:
+    """(done | partial | new | conflict: reason, run folder, trained steps) of a run's folder."""
+    folders = [f for f in run_folders(root) if (f / ppo_camal.CHECKPOINT).is_file()]
+    if not folders:
+        return "new", None, 0
+    if len(folders) > 1:
+        return f"conflict: {len(folders)} run folders with a checkpoint in {root}; keep one", None, 0
+    folder = folders[0]
+    budget = json.loads((folder / ppo_camal.CONFIG).read_text()).get("total_timesteps")
+    if budget != run.budget:
+        return (f"conflict: {folder} was started with a budget of {budget} steps, the study says {run.budget}; "
+                "move the folder away to train it again", folder, 0)
+    step = checkpoint_step(folder)
+    if step >= run.final_step and (folder / EVAL_RESULT).is_file() and (folder / SHIFT_RESULT).is_file():
+        return "done", folder, step
+    return "partial", folder, step
+
+
+# ---------------------------------------------------------------- a run, on a Ray worker
+
+
+class RunFailed(Exception):
+    pass
+
+
+def die_with_parent() -> None:
+    """In the child: SIGTERM when the Ray worker that started it dies, so it checkpoints and exits."""
+    PR_SET_PDEATHSIG = 1
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def run_logged(cmd: list[str], log: Path, cwd: Path, env: dict, lock_fd: int) -> int:
+    """Run cmd, its output appended to log; Ray's cancel (KeyboardInterrupt) stops it with SIGTERM.
+
+    The child inherits the run's lock, so a retry of this run waits until this child has exited."""
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        child = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(lock_fd,),
+                                 preexec_fn=die_with_parent)
+        try:
+            while True:  # ray.cancel's KeyboardInterrupt is seen between two waits, not during one
+                try:
+                    return child.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    continue
+        except KeyboardInterrupt:  # the trainer checkpoints on SIGTERM
+            child.send_signal(signal.SIGTERM)
+            child.wait()
+            raise
+
+
+def report_progress(root: Path, run: Run, board, stop: threading.Event, every: float = 5.0) -> None:
+    """Send the run's step, SPS and recent return, read from its tensorboard events, to the board."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = None
+    while not stop.wait(every):
+        folders = run_folders(root)
+        if not folders:
+            continue
+        if accumulator is None:
+            accumulator = EventAccumulator(str(folders[-1]), size_guidance={"images": 1})
+        try:
+            accumulator.Reload()
+            tags = accumulator.Tags()["scalars"]
+            sps = accumulator.Scalars("charts/SPS")[-1] if "charts/SPS" in tags else None
+            returns = [e.value for e in accumulator.Scalars("charts/episodic_return")[-20:]] if (
+                "charts/episodic_return" in tags) else []
+            board.update.remote(run.name, step=sps.step if sps else None, sps=sps.value if sps else None,
+                                ret=sum(returns) / len(returns) if returns else None)
+        except Exception:  # a half-written event file: try again at the next poll
+            continue
+
+
+def shift_flags(eval_flags: tuple[str, ...]) -> list[str]:
+    """The evaluation flags that eval/shift.py shares with eval/attention.py (episodes, seed, greedy)."""
+    kept = []
+    for i, token in enumerate(eval_flags):
+        if token in SHIFT_SHARED_FLAGS:
+            kept.append(token)
+            if i + 1 < len(eval_flags) and not eval_flags[i + 1].startswith("--"):
+                kept.append(eval_flags[i + 1])
+    return kept
+
+
+def train_and_evaluate(run: Run, results_dir: str, cpus: float, gpus: float, board) -> str:
+    """The body of a run's Ray task: train (new or resumed) up to the budget, then evaluate."""
+    root = Path(results_dir) / run.name
+    root.mkdir(parents=True, exist_ok=True)
+    threads = str(max(1, int(cpus)))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+    device = [] if gpus > 0 else ["--no-cuda"]
+    with open(root / LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a previous attempt's trainer may still be writing its checkpoint
+        board.update.remote(run.name, state="running")
+        state, folder, step = run_state(root, run)
+        if state.startswith("conflict"):
+            raise RunFailed(state.removeprefix("conflict: "))
+        for stale in run_folders(root):  # started but never checkpointed: nothing to resume
+            if not (stale / ppo_camal.CHECKPOINT).is_file():
+                shutil.rmtree(stale)
+        if step < run.final_step:
+            if folder is not None:
+                cmd = [sys.executable, str(ROOT / "agents/ppo_camal.py"), "--resume", str(folder)]
+            else:
+                cmd = [sys.executable, str(ROOT / "agents/ppo_camal.py"), "--env", run.env, "--seed", str(run.seed),
+                       "--total-timesteps", str(run.budget), "--runs-dir", str(root), *METHODS[run.method],
+                       *device, *run.train_flags]
+            stop = threading.Event()
+            reporter = threading.Thread(target=report_progress, args=(root, run, board, stop), daemon=True)
+            reporter.start()
+            try:
+                code = run_logged(cmd, root / "train.log", root, env, lock.fileno())
+            finally:
+                stop.set()
+            state, folder, step = run_state(root, run)
+            if code != 0 or step < run.final_step:
+                raise RunFailed(f"training exited with code {code} at step {step} of {run.final_step}; "
+                                f"see {root / 'train.log'}")
+        if not (folder / EVAL_RESULT).is_file():
+            board.update.remote(run.name, state="evaluating")
+            cmd = [sys.executable, str(ROOT / "eval/attention.py"), str(folder), *device, *run.eval_flags]
+            code = run_logged(cmd, root / "eval.log", root, env, lock.fileno())
+            if code != 0:
+                raise RunFailed(f"evaluation exited with code {code}; see {root / 'eval.log'}")
+        if not (folder / SHIFT_RESULT).is_file():
+            board.update.remote(run.name, state="evaluating")
+            cmd = [sys.executable, str(ROOT / "eval/shift.py"), str(folder), *device, *shift_flags(run.eval_flags)]
+            code = run_logged(cmd, root / "shift.log", root, env, lock.fileno())
+            if code != 0:
+                raise RunFailed(f"background-shift evaluation exited with code {code}; see {root / 'shift.log'}")
+    return str(folder)
+
+
+# ---------------------------------------------------------------- the console view
+
+
+class ProgressBoard:
+    """Latest state of each running run, written by the runs' tasks, read by the driver (a Ray actor)."""
+
+    def __init__(self):
+        self.runs: dict[str, dict] = {}
+
+    def update(self, name: str, **fields) -> None:
+        entry = self.runs.setdefault(name, {"state": "running", "attempt": 0})
+        if fields.get("state") == "running":
+            entry["attempt"] += 1
+        entry.update({k: v for k, v in fields.items() if v is not None})
+
+    def snapshot(self) -> dict[str, dict]:
+        return self.runs
+
+
+def progress_view(study: Study, done: set, failed: dict, running: set, board: dict, started: float) -> str:
+    pending = len(study.runs) - len(done) - len(failed) - len(running)
+    elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - started))
+    lines = [f"[{elapsed}] {len(study.runs)} runs: {len(done)} done, {len(running)} running, "
+             f"{len(failed)} failed, {pending} pending"]
+    for run in study.runs:
+        if run.name not in running:
+            continue
+        info = board.get(run.name, {})
+        step = info.get("step")
+        line = f"  {run.name:<40} {info.get('state', 'waiting'):<10}"
+        if step is not None:
+            sps, ret = info.get("sps"), info.get("ret")
+            line += f" step {step:>8}/{run.final_step:<8} SPS {sps:>5.0f}"
+            line += f"  return {ret:8.2f}" if ret is not None else "  return      n/a"
+        if info.get("attempt", 0) > 1:
+            line += f"  (attempt {info['attempt']})"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def check_results_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise StudyError(f"results directory {path} cannot be written ({error.strerror or error})") from None
+
+
+def check_address(address: str) -> None:
+    """A HOST:PORT that does not answer fails here in seconds (Ray itself would retry for a minute)."""
+    if address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise StudyError(f"--address {address!r}: expected HOST:PORT of a Ray head node, or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise StudyError(f"--address {address}: no Ray head node answers there ({error.strerror or error})") from None
+
+
+def start_ray(args: Args):
+    import ray
+
+    options = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        if args.address is None:
+            # Ray renices its workers (+15 by default), which would slow the trainers on a shared machine
+            ray.init(address="local", num_cpus=args.num_cpus, _system_config={"worker_niceness": 0}, **options)
+        else:
+            ray.init(address=args.address, **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StudyError(f"--address {args.address}: cannot connect to Ray ({first_line})") from None
+    return ray
+
+
+def wait_for_locks(results_dir: Path, names: list[str], timeout: float) -> list[str]:
+    """Block until no process holds a run's lock (its trainer has checkpointed and exited); the names still held."""
+    deadline = time.time() + timeout
+    held = []
+    for name in names:
+        with open(results_dir / name / LOCK, "a") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+                    break
+                except BlockingIOError:
+                    if time.time() > deadline:
+                        held.append(name)
+                        break
+                    time.sleep(0.5)
+    return held
+
+
+def run_study(args: Args, study: Study, results_dir: Path) -> int:
+    """Run every unfinished run of the study on Ray; the exit code (0: all done)."""
+    states = {run.name: run_state(results_dir / run.name, run)[0] for run in study.runs}
+    todo = [run for run in study.runs if states[run.name] != "done"]
+    counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "new")}
+    print(f"study {study.name}: {len(study.runs)} runs in {results_dir}: {counts['done']} done, "
+          f"{counts['partial']} to resume, {counts['new']} to start", flush=True)
+    if not todo:
+        return 0
+    ray = start_ray(args)
+    signal.signal(signal.SIGTERM, interrupt)  # after ray.init, whose own SIGTERM handler exits at once
+    done = {name for name, state in states.items() if state == "done"}
+    failed: dict[str, str] = {}
+    refs: dict = {}
+    started = time.time()
+    try:
+        board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+        task = ray.remote(train_and_evaluate).options(num_cpus=study.cpus, num_gpus=study.gpus,
+                                                      max_retries=args.max_retries, retry_exceptions=False)
+        refs = {task.remote(run, str(results_dir), study.cpus, study.gpus, board): run for run in todo}
+        last_view = 0.0
+        while len(done) + len(failed) < len(study.runs):
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=min(args.refresh, 2.0))
+            for ref in ready:
+                run = refs.pop(ref)
+                try:
+                    ray.get(ref)
+                    done.add(run.name)
+                    print(f"done: {run.name}", flush=True)
+                except ray.exceptions.RayTaskError as error:
+                    cause = error.cause if isinstance(error.cause, RunFailed) else error
+                    failed[run.name] = str(cause).strip().splitlines()[-1]
+                    print(f"failed: {run.name}: {failed[run.name]}", flush=True)
+                except ray.exceptions.RayError as error:  # worker or node died more than --max-retries times
+                    failed[run.name] = f"{type(error).__name__} after {args.max_retries} retries"
+                    print(f"failed: {run.name}: {failed[run.name]}", flush=True)
+            if time.time() - last_view >= args.refresh and refs:
+                last_view = time.time()
+                snapshot = ray.get(board.snapshot.remote())
+                running = {name for name, info in snapshot.items() if name not in done and name not in failed}
+                print(progress_view(study, done, failed, running, snapshot, started), flush=True)
+    except KeyboardInterrupt:
+        print("stopping: every running run writes its checkpoint (Ctrl-C again to stop at once; "
+              "rerun the same command to resume)", flush=True)
+        for ref in refs:
+            ray.cancel(ref)  # in the task: SIGTERM to the trainer, which checkpoints and exits
+        # before shutdown: Ray kills a worker's children when the worker exits, checkpoint or not
+        held = wait_for_locks(results_dir, [run.name for run in todo if (results_dir / run.name / LOCK).exists()],
+                              timeout=600)
+        if held:
+            print(f"warning: still not stopped after 10 minutes: {', '.join(held)}", file=sys.stderr)
+        raise
+    finally:
+        ray.shutdown()  # a local Ray stops here; on a cluster the study's workers end
+    print(f"study {study.name}: {len(done)} done, {len(failed)} failed of {len(study.runs)} runs", flush=True)
+    for name, reason in failed.items():
+        print(f"  {name}: {reason}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (e.g. a scheduler's cancel) stops the study as Ctrl-C does
+
+
+def main(args: Args) -> None:
+    try:
+        study = load_study(args.study, args.cpus_per_run, args.gpus_per_run)
+        if args.max_retries < 0 or args.refresh <= 0:
+            raise StudyError("--max-retries must be >= 0 and --refresh > 0")
+        if args.num_cpus is not None and args.num_cpus < 1:
+            raise StudyError(f"--num-cpus must be >= 1, got {args.num_cpus}")
+        results_dir = Path(args.results_dir or ROOT / "runs" / study.name).resolve()
+        if args.dry_run:
+            for run in study.runs:
+                state, _, step = run_state(results_dir / run.name, run)
+                print(f"{run.name:<40} {run.budget:>9} steps  {state} ({step} trained)")
+            return
+        if args.address is not None:
+            check_address(args.address)
+        check_results_dir(results_dir)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+        sys.exit(run_study(args, study, results_dir))
+    except StudyError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

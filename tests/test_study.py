@@ -1,0 +1,228 @@
+"""The study runner on a real Ray: a 2-node cluster on this machine, a run's worker killed mid-run,
+the study run again; and its refusals of bad input."""
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_SCRIPT = ROOT / "experiments" / "study.py"
+BATCH = 2 * 64
+BUDGET = 16 * BATCH
+TINY_STUDY = f"""
+[budgets]
+basic = {BUDGET}
+
+[[runs]]
+scenarios = ["basic"]
+methods = ["vanilla"]
+seeds = [1, 2]
+
+[flags]
+num_envs = 2
+num_steps = 64
+num_minibatches = 2
+update_epochs = 1
+save_every = 1
+image_every = 0
+
+[eval]
+episodes = 1
+video = false
+
+[resources]
+cpus = 1
+"""
+
+
+def load_study_module():
+    spec = importlib.util.spec_from_file_location("study", STUDY_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["study"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+study = load_study_module()
+
+
+def processes_mentioning(text: str) -> dict[int, int]:
+    """pid -> parent pid of every process whose command line contains text."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if text in cmdline:
+                found[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return found
+
+
+def checkpoint_step(run_root: Path) -> int:
+    try:
+        checkpoint = next(run_root.glob("*/checkpoint.pt"))
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+    except (StopIteration, FileNotFoundError, RuntimeError, EOFError):
+        return 0
+
+
+def scalar_steps(event_file: Path, tag: str) -> list[int]:
+    """Steps of a tag in one event file, as written (TensorBoard's purge not applied)."""
+    return [event.step for event in EventFileLoader(str(event_file)).Load()
+            if event.HasField("summary") and any(v.tag == tag for v in event.summary.value)]
+
+
+def run_study(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(STUDY_SCRIPT), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    yield cluster
+    cluster.shutdown()
+
+
+def test_killed_worker_resumes_from_checkpoint_and_rerun_trains_nothing(two_node_cluster, tmp_path):
+    study_file = tmp_path / "tiny.toml"
+    study_file.write_text(TINY_STUDY)
+    results = tmp_path / "results"
+    victim = results / "basic__vanilla__1"
+    with open(tmp_path / "study.out", "w") as out:
+        driver = subprocess.Popen([sys.executable, str(STUDY_SCRIPT), str(study_file), "--address",
+                                   two_node_cluster.address, "--results-dir", str(results), "--refresh", "2"],
+                                  stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            # once run 1 has checkpointed twice, kill -9 the Ray worker that runs it
+            deadline = time.time() + 240
+            while checkpoint_step(victim) < 2 * BATCH:
+                assert time.time() < deadline and driver.poll() is None, (tmp_path / "study.out").read_text()
+                time.sleep(0.2)
+            trainers = {pid: parent for pid, parent in processes_mentioning(str(victim)).items()
+                        if parent not in processes_mentioning(str(victim))}
+            assert len(trainers) == 1, trainers
+            worker = next(iter(trainers.values()))
+            step_at_kill = checkpoint_step(victim)
+            assert step_at_kill < BUDGET, "the run finished before it could be interrupted"
+            os.kill(worker, signal.SIGKILL)
+            assert driver.wait(timeout=300) == 0, (tmp_path / "study.out").read_text()
+        finally:
+            if driver.poll() is None:
+                driver.send_signal(signal.SIGINT)
+                driver.wait(timeout=120)
+
+    # both runs completed: full step count, evaluated, one run folder each
+    for run_root in (victim, results / "basic__vanilla__2"):
+        folders = [p.parent for p in run_root.glob("*/config.json")]
+        assert len(folders) == 1
+        assert checkpoint_step(run_root) == BUDGET
+        assert (folders[0] / "attention_eval.json").is_file() and (folders[0] / "shift_eval.json").is_file()
+
+    # the killed run was resumed in its folder from a checkpoint, not restarted from 0
+    folder = next(victim.glob("*/config.json")).parent
+    event_files = sorted(folder.glob("events.out.tfevents.*"), key=lambda p: int(p.name.split(".")[3]))
+    assert len(event_files) >= 2, "the killed run was not resumed (one tensorboard file)"
+    per_file = [scalar_steps(f, "losses/value_loss") for f in event_files]
+    for before, after in zip(per_file, per_file[1:]):
+        assert after[0] == before[-1] + BATCH, "a resumed attempt did not continue after the checkpoint's update"
+        assert after[0] > step_at_kill
+    written = [step for steps in per_file for step in steps]
+    assert written == list(range(BATCH, BUDGET + 1, BATCH)), "steps restarted, duplicated or missing"
+    view = EventAccumulator(str(folder)).Reload()
+    shown = [s.step for s in view.Scalars("losses/value_loss")]
+    assert len(shown) == len(set(shown)) and shown == sorted(shown) and shown[-1] == BUDGET
+    assert shown == list(range(BATCH, BUDGET + 1, BATCH)), "the resumed run's tensorboard view lost or repeated a step"
+
+    # nothing of the study outlives it
+    assert processes_mentioning(str(results)) == {}
+
+    # the finished study again: reported done, nothing trained or written
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*")}
+    again = run_study(str(study_file), "--results-dir", str(results), timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "2 runs" in again.stdout and "2 done" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*")} == before
+
+
+def test_shipped_studies_declare_their_runs():
+    quick = study.load_study(str(ROOT / "experiments" / "quick.toml"))
+    assert {(r.env, r.method) for r in quick.runs} == {("basic", "vanilla"), ("basic", "camal")}
+    paper = study.load_study(str(ROOT / "experiments" / "paper.toml"))
+    scenarios = {"basic", "defend_the_center", "defend_the_line", "health_gathering"}
+    assert {r.env for r in paper.runs} == scenarios
+    for env in scenarios:
+        for method in ("vanilla", "camal"):
+            assert sorted(r.seed for r in paper.runs if (r.env, r.method) == (env, method)) == [1, 2, 3, 4, 5]
+    controls = {(r.env, r.method) for r in paper.runs if r.method in ("camal-random", "rrr")}
+    assert controls == {(e, m) for e in ("basic", "defend_the_center") for m in ("camal-random", "rrr")}
+    assert len(paper.runs) == 4 * 2 * 5 + 2 * 2 * 5
+    rrr = next(r for r in paper.runs if r.method == "rrr")
+    assert "--camal-coef" in rrr.train_flags
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+BAD_STUDIES = {
+    "unknown scenario": ('[budgets]\nbasic = 2048\n[[runs]]\nscenarios = ["bsic"]\nmethods = ["camal"]\nseeds = [1]\n',
+                         "unknown scenario 'bsic'"),
+    "unknown method": ('[budgets]\nbasic = 2048\n[[runs]]\nscenarios = ["basic"]\nmethods = ["camel"]\nseeds = [1]\n',
+                       "unknown method 'camel'"),
+    "malformed": ('[budgets\nbasic = 2048\n', "not a valid TOML file"),
+    "unknown flag": ('[budgets]\nbasic = 2048\n[flags]\nlearning_rat = 0.1\n'
+                     '[[runs]]\nscenarios = ["basic"]\nmethods = ["camal"]\nseeds = [1]\n', "unknown or runner-set flag"),
+    "bad flag value": ('[budgets]\nbasic = 2048\n[flags]\nnum_envs = "8"\n'
+                       '[[runs]]\nscenarios = ["basic"]\nmethods = ["camal"]\nseeds = [1]\n', "num_envs = '8'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STUDIES))
+def test_bad_study_file_is_refused_in_one_line(case, tmp_path):
+    text, expected = BAD_STUDIES[case]
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(SystemExit) as refused:
+        study.main(study.Args(str(tmp_path / "bad.toml"), results_dir=str(tmp_path / "results")))
+    message = str(refused.value.code)
+    assert message.startswith("error: ") and "\n" not in message and expected in message
+    assert "valid" in message or "not a" in message
+    assert not (tmp_path / "results").exists()
+
+
+def test_unreachable_address_and_unwritable_results_dir_are_refused(tmp_path):
+    quick = str(ROOT / "experiments" / "quick.toml")
+    cases = [
+        (["--address", f"127.0.0.1:{free_port()}", "--results-dir", str(tmp_path / "results")], "no Ray head node"),
+        (["--results-dir", str(tmp_path / "a_file" / "results")], "cannot be written"),
+    ]
+    (tmp_path / "a_file").write_text("")
+    for flags, expected in cases:
+        refused = run_study(quick, *flags)
+        assert refused.returncode != 0
+        assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1, refused.stderr
+        assert expected in refused.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_training_alone_does_not_import_ray():
+    code = "import sys, agents.ppo_camal; sys.exit('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
