@@ -36,11 +36,14 @@ class Args:
     """folder holding the studies"""
     overwrite: bool = False
     """replace a record that already exists (default: refuse)"""
+    unfinished: bool = False
+    """also export runs still training: their curve so far (e.g. the vanilla learning curve that sets a study's
+    budget); eval/aggregate.py lists such records as unfinished and leaves them out"""
 
 
-def export_run(run_dir: Path, record_dir: Path) -> list[Path]:
-    """Write the record of a complete run; returns the files written."""
-    run = load_run(run_dir)
+def export_run(run_dir: Path, record_dir: Path, unfinished: bool = False) -> list[Path]:
+    """Write the record of a complete run (or of one still training); returns the files written."""
+    run = load_run(run_dir, final_fraction=1.0 if unfinished else 0.1)
     record_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / CONFIG, record_dir / CONFIG)
     pd.DataFrame({"step": run.steps, "return": run.returns}).to_csv(record_dir / RETURNS_FILE, index=False)
@@ -64,7 +67,7 @@ def main(args: Args) -> None:
         if not (run_dir / CONFIG).is_file():
             sys.exit(f"error: {run}: not a run folder (no {CONFIG})")
         try:
-            load_run(run_dir)
+            load_run(run_dir, final_fraction=1.0 if args.unfinished else 0.1)
         except SkippedRun as reason:
             sys.exit(f"error: {run}: not a complete run ({reason})")
         record_dir = study_dir / run_dir.resolve().name
@@ -74,7 +77,7 @@ def main(args: Args) -> None:
             sys.exit(f"error: two runs named {run_dir.resolve().name}; a study holds one record per run folder name")
         targets.append((run_dir, record_dir))
     for run_dir, record_dir in targets:
-        written = export_run(run_dir, record_dir)
+        written = export_run(run_dir, record_dir, args.unfinished)
         size = sum(path.stat().st_size for path in written)
         print(f"{run_dir} -> {record_dir} ({len(written)} files, {size / 1024:.1f} kB)")
 

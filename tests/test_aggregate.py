@@ -421,3 +421,23 @@ def test_damaged_files_are_one_line_errors(tmp_path, name, content, expected):
     assert done.returncode != 0 and expected in done.stderr and str(run_dir) in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_unfinished_runs_are_recorded_only_when_asked(tmp_path, capsys):
+    """A run still training is refused by eval/record.py unless --unfinished; its record keeps the curve so far,
+    and eval/aggregate.py lists it as unfinished instead of aggregating it."""
+    steps, returns = synthetic_history("basic", "vanilla", 1)
+    complete = write_run(tmp_path / "runs", "basic", "vanilla", 1, steps, returns)
+    training = write_run(tmp_path / "runs", "basic", "vanilla", 2, steps[steps < 5000], returns[steps < 5000])
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit, match="not a complete run"):
+        record_main(RecordArgs(runs=[str(training)], study="curves", results_dir=str(results)))
+    assert not results.exists()
+    record_main(RecordArgs(runs=[str(complete), str(training)], study="curves", results_dir=str(results),
+                           unfinished=True))
+    curve = pd.read_csv(results / "curves" / training.name / "returns.csv")
+    assert curve["step"].tolist() == steps[steps < 5000].tolist()
+    main(Args(runs_dir=str(results / "curves"), out=str(tmp_path / "out"), reps=20))
+    assert "unfinished" in capsys.readouterr().err
+    csv = pd.read_csv(tmp_path / "out" / "aggregate.csv")
+    assert csv[(csv.quantity == "final_return") & (csv.metric == "run")].seed.tolist() == [1]
