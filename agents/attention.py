@@ -27,8 +27,35 @@ def grad_cam(
     """
     chosen = logits.gather(1, actions.long().view(-1, 1)).sum()
     (grads,) = torch.autograd.grad(chosen, features, create_graph=create_graph)
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * features).sum(dim=1, keepdim=True))
+    return cam_from_weights(grads.mean(dim=(2, 3)), features, size)
+
+
+def linear_head_grad_cam(
+    features: torch.Tensor,
+    hidden: torch.Tensor,
+    actions: torch.Tensor,
+    fc_weight: torch.Tensor,
+    actor_weight: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """:func:`grad_cam` in closed form for ``logits = actor(ReLU(fc(flatten(A))))``, (B, H, W).
+
+    There ``dz_a/dA = (W_actor[a] * relu'(pre)) @ W_fc`` reshaped to A's shape, so
+    ``w_k = (W_actor[a] * [hidden > 0]) @ mean_ij W_fc[:, k, i, j]``: no autograd pass, and the map is
+    differentiable (through A, W_fc and W_actor) without a double backward. ``hidden`` is
+    ``ReLU(fc(flatten(A)))``, (B, n); ``fc_weight`` (n, K*h*w), ``actor_weight`` (num_actions, n).
+    Equal to ``grad_cam(features, logits, actions, size, create_graph=True)`` up to float rounding.
+    """
+    channels = features.shape[1]
+    # relu' is a 0/1 step with no gradient of its own, as in autograd's ReLU backward
+    upstream = actor_weight[actions.long()] * (hidden > 0).to(actor_weight.dtype)
+    fc_channel_means = fc_weight.view(fc_weight.shape[0], channels, -1).mean(dim=2)
+    return cam_from_weights(upstream @ fc_channel_means, features, size)
+
+
+def cam_from_weights(weights: torch.Tensor, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``M = ReLU(sum_k w_k A_k)`` for channel weights (B, K), upsampled bilinearly to ``size``."""
+    cam = F.relu((weights[:, :, None, None] * features).sum(dim=1, keepdim=True))
     return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
 
 

@@ -32,7 +32,8 @@ from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.attention import MASK_SOURCES, camal_loss, grad_cam, has_target, relevance_mass, rrr_loss, training_masks
+from agents.attention import (MASK_SOURCES, camal_loss, grad_cam, has_target, linear_head_grad_cam, relevance_mass,
+                              rrr_loss, training_masks)
 from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env
 from masks import mask_outline, targets_for
 
@@ -200,9 +201,18 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), value
 
     def logits_value_features(self, pixels: torch.Tensor):
+        logits, value, features, _ = self.logits_value_features_hidden(pixels)
+        return logits, value, features
+
+    def logits_value_features_hidden(self, pixels: torch.Tensor):
+        """Also the hidden layer ``ReLU(fc(flatten(A)))``, which the closed-form Grad-CAM needs."""
         features = self.features(pixels)
         hidden = self.head(features)
-        return self.actor(hidden), self.critic(hidden), features
+        return self.actor(hidden), self.critic(hidden), features, hidden
+
+    def grad_cam(self, features: torch.Tensor, hidden: torch.Tensor, actions: torch.Tensor, size) -> torch.Tensor:
+        """Differentiable Grad-CAM of ``actions``, in closed form (no double backward; README, Speed)."""
+        return linear_head_grad_cam(features, hidden, actions, self.head[1].weight, self.actor.weight, size)
 
 
 def save_checkpoint(path: Path, agent: Agent, optimizer: optim.Optimizer, iteration: int, global_step: int) -> None:
@@ -406,7 +416,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                     if args.attn_loss == "rrr":  # RRR differentiates w.r.t. pixels scaled to [0, 1]
                         mb_unit_pixels = (mb_pixels / 255.0).requires_grad_(True)
                         mb_pixels = mb_unit_pixels * 255.0
-                    logits, newvalue, features = agent.logits_value_features(mb_pixels)
+                    logits, newvalue, features, hidden = agent.logits_value_features_hidden(mb_pixels)
                     dist = Categorical(logits=logits)
                     newlogprob = dist.log_prob(b_actions[mb_inds])
                     entropy = dist.entropy()
@@ -444,7 +454,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                     if args.attn_loss != "none":
                         mb_masks = training_masks(b_masks[mb_inds], args.mask_source, mask_generator)
                         if args.attn_loss == "camal":
-                            maps = grad_cam(features, logits, b_actions[mb_inds], mask_shape, create_graph=True)
+                            maps = agent.grad_cam(features, hidden, b_actions[mb_inds], mask_shape)
                             attn_loss = camal_loss(maps, mb_masks)
                         else:
                             attn_loss = rrr_loss(mb_unit_pixels, newlogprob, mb_masks)
