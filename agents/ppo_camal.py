@@ -411,7 +411,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
             for epoch in range(args.update_epochs):
                 np.random.shuffle(b_inds)
                 for start in range(0, args.batch_size, args.minibatch_size):
-                    mb_inds = b_inds[start : start + args.minibatch_size]
+                    mb_inds = torch.as_tensor(b_inds[start : start + args.minibatch_size], device=device)
                     mb_pixels = b_pixels[mb_inds].float()
                     if args.attn_loss == "rrr":  # RRR differentiates w.r.t. pixels scaled to [0, 1]
                         mb_unit_pixels = (mb_pixels / 255.0).requires_grad_(True)
@@ -426,7 +426,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                     with torch.no_grad():
                         old_approx_kl = (-logratio).mean()
                         approx_kl = ((ratio - 1) - logratio).mean()
-                        clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+                        clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())  # no .item(): no sync
 
                     mb_advantages = b_advantages[mb_inds]
                     if args.norm_adv:
@@ -459,7 +459,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                         else:
                             attn_loss = rrr_loss(mb_unit_pixels, newlogprob, mb_masks)
                         loss = loss + args.camal_coef * attn_loss
-                        attn_losses.append(attn_loss.item())
+                        attn_losses.append(attn_loss.detach())
                     # ---------------------------------------------------------------------------
 
                     optimizer.zero_grad()
@@ -480,10 +480,10 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
             writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
             writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
             writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+            writer.add_scalar("losses/clipfrac", torch.stack(clipfracs).mean().item(), global_step)
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             if attn_losses:
-                writer.add_scalar(f"losses/{args.attn_loss}_loss", np.mean(attn_losses), global_step)
+                writer.add_scalar(f"losses/{args.attn_loss}_loss", torch.stack(attn_losses).mean().item(), global_step)
             log_attention(writer, agent, b_pixels, b_masks, b_actions, global_step, args, iteration)
             sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)
