@@ -36,7 +36,7 @@ def linear_head_grad_cam(
     actions: torch.Tensor,
     fc_weight: torch.Tensor,
     actor_weight: torch.Tensor,
-    size: tuple[int, int],
+    size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """:func:`grad_cam` in closed form for ``logits = actor(ReLU(fc(flatten(A))))``, (B, H, W).
 
@@ -45,6 +45,7 @@ def linear_head_grad_cam(
     differentiable (through A, W_fc and W_actor) without a double backward. ``hidden`` is
     ``ReLU(fc(flatten(A)))``, (B, n); ``fc_weight`` (n, K*h*w), ``actor_weight`` (num_actions, n).
     Equal to ``grad_cam(features, logits, actions, size, create_graph=True)`` up to float rounding.
+    ``size=None`` leaves the map at A's resolution (h, w), for :func:`camal_loss_low_res`.
     """
     channels = features.shape[1]
     # relu' is a 0/1 step with no gradient of its own, as in autograd's ReLU backward
@@ -53,10 +54,18 @@ def linear_head_grad_cam(
     return cam_from_weights(upstream @ fc_channel_means, features, size)
 
 
-def cam_from_weights(weights: torch.Tensor, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``M = ReLU(sum_k w_k A_k)`` for channel weights (B, K), upsampled bilinearly to ``size``."""
+def cam_from_weights(weights: torch.Tensor, features: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """``M = ReLU(sum_k w_k A_k)`` for channel weights (B, K), upsampled bilinearly to ``size`` (None: not)."""
     cam = F.relu((weights[:, :, None, None] * features).sum(dim=1, keepdim=True))
+    if size is None:
+        return cam[:, 0]
     return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def upsampling_matrix(source: int, target: int, like: torch.Tensor) -> torch.Tensor:
+    """(target, source): 1-D linear interpolation as ``F.interpolate(..., align_corners=False)`` does it."""
+    identity = torch.eye(source, device=like.device, dtype=like.dtype)[None]
+    return F.interpolate(identity, size=target, mode="linear", align_corners=False)[0].T
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -90,6 +99,33 @@ def camal_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     if not valid.any():
         return maps.sum() * 0.0  # keeps the graph, so backward() works on an empty batch
     alpha, beta = attention_inside_outside(normalise_maps(maps[valid]), masks[valid])
+    return (beta - alpha).mean()
+
+
+def camal_loss_low_res(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``camal_loss(upsampled cams, masks)`` for Grad-CAM maps (B, h, w) before their bilinear upsampling
+    to the masks' (B, H, W), computed without the upsampled maps' backward.
+
+    The upsampling is linear and separable, ``up = R M C^T``, so the attention on and off the mask are
+    ``<M, R^T G C>`` and ``<M, R^T 1 C> - <M, R^T G C>``; only the peak ``max up`` needs the full map,
+    and its gradient is that of the peak pixel, ``R[y] M C[x]^T``. Equal up to float rounding.
+    """
+    valid = has_target(masks)
+    if not valid.any():
+        return cams.sum() * 0.0
+    cams, masks = cams[valid], masks[valid].to(cams.dtype)
+    height, width = masks.shape[1:]
+    rows = upsampling_matrix(cams.shape[1], height, cams)
+    cols = upsampling_matrix(cams.shape[2], width, cams)
+    with torch.no_grad():
+        peak_pixel = (rows @ cams @ cols.T).flatten(1).argmax(dim=1)
+    peak = torch.einsum("bi,bij,bj->b", rows[peak_pixel // width], cams, cols[peak_pixel % width])
+    scale = peak + 1e-8  # as in normalise_maps
+    on_mask = (cams * (rows.T @ masks @ cols)).sum(dim=(1, 2))
+    total = (cams * torch.outer(rows.sum(dim=0), cols.sum(dim=0))).sum(dim=(1, 2))
+    inside = masks.sum(dim=(1, 2))
+    alpha = on_mask / scale / inside.clamp(min=1.0)
+    beta = (total - on_mask) / scale / (height * width - inside).clamp(min=1.0)
     return (beta - alpha).mean()
 
 

@@ -32,8 +32,8 @@ from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.attention import (MASK_SOURCES, camal_loss, grad_cam, has_target, linear_head_grad_cam, relevance_mass,
-                              rrr_loss, training_masks)
+from agents.attention import (MASK_SOURCES, camal_loss_low_res, grad_cam, has_target, linear_head_grad_cam,
+                              relevance_mass, rrr_loss, training_masks)
 from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env
 from masks import mask_outline, targets_for
 
@@ -210,8 +210,9 @@ class Agent(nn.Module):
         hidden = self.head(features)
         return self.actor(hidden), self.critic(hidden), features, hidden
 
-    def grad_cam(self, features: torch.Tensor, hidden: torch.Tensor, actions: torch.Tensor, size) -> torch.Tensor:
-        """Differentiable Grad-CAM of ``actions``, in closed form (no double backward; README, Speed)."""
+    def grad_cam(self, features: torch.Tensor, hidden: torch.Tensor, actions: torch.Tensor, size=None) -> torch.Tensor:
+        """Differentiable Grad-CAM of ``actions`` in closed form (no double backward), upsampled to ``size``
+        (None: at A's 7x7, for ``camal_loss_low_res``)."""
         return linear_head_grad_cam(features, hidden, actions, self.head[1].weight, self.actor.weight, size)
 
 
@@ -454,8 +455,8 @@ def train(args: Args, run_dir: Path, envs, device: torch.device) -> Path:
                     if args.attn_loss != "none":
                         mb_masks = training_masks(b_masks[mb_inds], args.mask_source, mask_generator)
                         if args.attn_loss == "camal":
-                            maps = agent.grad_cam(features, hidden, b_actions[mb_inds], mask_shape)
-                            attn_loss = camal_loss(maps, mb_masks)
+                            cams = agent.grad_cam(features, hidden, b_actions[mb_inds])  # 7x7, see camal_loss_low_res
+                            attn_loss = camal_loss_low_res(cams, mb_masks)
                         else:
                             attn_loss = rrr_loss(mb_unit_pixels, newlogprob, mb_masks)
                         loss = loss + args.camal_coef * attn_loss

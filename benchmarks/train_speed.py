@@ -6,9 +6,10 @@
 1. the machine: peak fp32 GFLOP/s of a large matrix product (torch, its default threads);
 2. update cost: seconds per PPO minibatch update (forward, loss, backward, Adam step) on a fixed
    batch of real frames, for each attention loss, and the achieved GFLOP/s (the Nature CNN's
-   forward + backward FLOPs, counted from its layers) against the peak; `camal-autograd` is the
-   CAMAL loss through autograd's double backward (`grad_cam(create_graph=True)`), the trainer's
-   before the closed form;
+   forward + backward FLOPs, counted from its layers) against the peak. `camal` is the trainer's
+   (closed-form Grad-CAM, loss at the map's 7x7, `camal_loss_low_res`); `camal-upsampled` the
+   closed-form map upsampled to 84x84 with `camal_loss`; `camal-autograd` that loss on autograd's
+   double-backward map (`grad_cam(create_graph=True)`), the trainer's before the closed form;
 3. rollout only: steps/s of acting (the agent's forward pass + the 8-env vector env step), against
    the raw engine (`DoomGame.make_action`, 8 processes, same cores; benchmarks/env_throughput.py);
 4. end to end: SPS of `agents/ppo_camal.py` runs and of `benchmarks/sb3_ppo.py` (SB3 CnnPolicy, same
@@ -33,7 +34,7 @@ import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions.categorical import Categorical
 
-from agents.attention import camal_loss, grad_cam, rrr_loss
+from agents.attention import camal_loss, camal_loss_low_res, grad_cam, rrr_loss
 from agents.ppo_camal import Agent
 from env_throughput import raw_steps_per_second  # the sibling script (benchmarks/ is on sys.path)
 from envs import check_scenario, make_env, make_vector_env
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METHOD_FLAGS = {"vanilla": ["--attn-loss", "none"], "camal": ["--attn-loss", "camal"], "rrr": ["--attn-loss", "rrr"]}
 PEER = "sb3"
 FRAME_SHAPE = (STACK_SIZE, FRAME_SIZE, FRAME_SIZE)
-UPDATE_VARIANTS = ("vanilla", "camal", "camal-autograd", "rrr")
+UPDATE_VARIANTS = ("vanilla", "camal", "camal-upsampled", "camal-autograd", "rrr")
 
 
 @dataclass
@@ -138,6 +139,8 @@ def update_step(variant: str, pixels: torch.Tensor, masks: torch.Tensor, num_act
         logprob = dist.log_prob(actions)
         loss = -(advantages * logprob.exp()).mean() - 0.01 * dist.entropy().mean() + 0.5 * (value.view(-1) ** 2).mean()
         if variant == "camal":
+            loss = loss + camal_loss_low_res(agent.grad_cam(features, hidden, actions), masks)
+        elif variant == "camal-upsampled":
             loss = loss + camal_loss(agent.grad_cam(features, hidden, actions, size), masks)
         elif variant == "camal-autograd":
             loss = loss + camal_loss(grad_cam(features, logits, actions, size, create_graph=True), masks)
@@ -247,7 +250,7 @@ def main(args: Args) -> None:
     base_update = statistics.median(update_seconds["vanilla"])
     for variant, values in update_seconds.items():
         seconds = statistics.median(values)
-        # camal's closed-form map adds ~0.4% to the count; RRR's double backward is not counted
+        # camal's closed-form map adds <1% to the count; the other variants' extra work is not counted
         rate = flops / seconds / 1e9 if variant in ("vanilla", "camal") else float("nan")
         print(f"  {variant:15s} {seconds * 1000:8.1f} {seconds / base_update:10.2f} {rate:8.1f} {rate / peak:8.0%}")
 
