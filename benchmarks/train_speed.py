@@ -3,7 +3,7 @@
     pip install -r benchmarks/requirements.txt     # stable-baselines3, for the peer
     python benchmarks/train_speed.py --env basic
 
-1. the machine: peak fp32 GFLOP/s of a large matrix product (torch, its default threads);
+1. the machine: peak fp32 GFLOP/s of a large matrix product (with the torch threads of --threads);
 2. update cost: seconds per PPO minibatch update (forward, loss, backward, Adam step) on a fixed
    batch of real frames, for each attention loss, and the achieved GFLOP/s (the Nature CNN's
    forward + backward FLOPs, counted from its layers) against the peak. `camal` is the trainer's
@@ -65,6 +65,10 @@ class Args:
     """vector steps (x 8 envs) of the rollout-only measurement (0: skip it)"""
     cuda: bool = False
     """run on the GPU if available"""
+    threads: int | None = None
+    """torch threads of this process (update and rollout sections; None: torch's default, as the trainer)"""
+    end_to_end: bool = True
+    """run the end-to-end section (--no-end-to-end: the machine, update and rollout sections only)"""
 
 
 def real_frames(scenario: str, count: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -217,6 +221,8 @@ def check_args(args: Args) -> None:
     for name in ("minibatch_size", "updates", "iterations", "repeats"):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.threads is not None and args.threads <= 0:
+        sys.exit(f"error: --threads must be > 0 (or omitted for torch's default), got {args.threads}")
     if args.rollout_steps < 0:
         sys.exit(f"error: --rollout-steps must be >= 0, got {args.rollout_steps}")
     if PEER in args.methods:
@@ -228,6 +234,8 @@ def check_args(args: Args) -> None:
 
 def main(args: Args) -> None:
     check_args(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     print(f"device: {device}, torch threads: {torch.get_num_threads()}", flush=True)
     pixels, masks, num_actions = real_frames(args.env, args.minibatch_size)
@@ -260,6 +268,8 @@ def main(args: Args) -> None:
         print(f"\nrollout only (8 envs): {acting:.0f} steps/s; raw engine (8 processes, make_action + get_state): "
               f"{raw:.0f} steps/s; ratio {acting / raw:.2f}", flush=True)
 
+    if not args.end_to_end:
+        return
     sps: dict[str, list[float]] = {m: [] for m in args.methods}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
