@@ -13,8 +13,9 @@
 3. rollout only: steps/s of acting (the agent's forward pass + the 8-env vector env step), against
    the raw engine (`DoomGame.make_action`, 8 processes, same cores; benchmarks/env_throughput.py);
 4. end to end: SPS of `agents/ppo_camal.py` runs and of `benchmarks/sb3_ppo.py` (SB3 CnnPolicy, same
-   env, network and flags) of a few iterations each, the setups interleaved in every repeat so that
-   drift on a shared machine hits them alike (ours: the run's last `charts/SPS` scalar).
+   env, network and flags) of a few iterations each, the setups interleaved in every repeat, in
+   reverse order every other repeat, so that drift on a shared machine hits them alike (ours: the
+   run's last `charts/SPS` scalar).
 Every timing section interleaves its setups repeat by repeat and reports medians.
 """
 
@@ -60,7 +61,7 @@ class Args:
     iterations: int = 4
     """PPO iterations (8 envs x 128 steps each) per end-to-end run"""
     repeats: int = 2
-    """rounds of every timing section; in each round every setup runs once, in turn"""
+    """rounds of every timing section; in each round every setup runs once, in turn (use an even number)"""
     rollout_steps: int = 512
     """vector steps (x 8 envs) of the rollout-only measurement (0: skip it)"""
     cuda: bool = False
@@ -259,8 +260,9 @@ def main(args: Args) -> None:
     for variant, values in update_seconds.items():
         seconds = statistics.median(values)
         # camal's closed-form map adds <1% to the count; the other variants' extra work is not counted
-        rate = flops / seconds / 1e9 if variant in ("vanilla", "camal") else float("nan")
-        print(f"  {variant:15s} {seconds * 1000:8.1f} {seconds / base_update:10.2f} {rate:8.1f} {rate / peak:8.0%}")
+        gflops = flops / seconds / 1e9
+        rate = f"{gflops:8.1f} {gflops / peak:8.0%}" if variant in ("vanilla", "camal") else ""
+        print(f"  {variant:15s} {seconds * 1000:8.1f} {seconds / base_update:10.2f} {rate}")
 
     if args.rollout_steps:
         acting = rollout_sps(args.env, num_actions, args.rollout_steps, device)
@@ -273,7 +275,8 @@ def main(args: Args) -> None:
     sps: dict[str, list[float]] = {m: [] for m in args.methods}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for method in args.methods:
+            # A B C, then C B A: a load that drifts steadily through the run favours no setup
+            for method in args.methods if repeat % 2 == 0 else args.methods[::-1]:
                 sps[method].append(end_to_end_sps(method, args, Path(tmp)))
                 print(f"  run {repeat + 1}/{args.repeats} {method}: {sps[method][-1]:.0f} SPS", flush=True)
     medians = {m: statistics.median(v) for m, v in sps.items()}
