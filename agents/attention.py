@@ -27,9 +27,45 @@ def grad_cam(
     """
     chosen = logits.gather(1, actions.long().view(-1, 1)).sum()
     (grads,) = torch.autograd.grad(chosen, features, create_graph=create_graph)
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * features).sum(dim=1, keepdim=True))
+    return cam_from_weights(grads.mean(dim=(2, 3)), features, size)
+
+
+def linear_head_grad_cam(
+    features: torch.Tensor,
+    hidden: torch.Tensor,
+    actions: torch.Tensor,
+    fc_weight: torch.Tensor,
+    actor_weight: torch.Tensor,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """:func:`grad_cam` in closed form for ``logits = actor(ReLU(fc(flatten(A))))``, (B, H, W).
+
+    There ``dz_a/dA = (W_actor[a] * relu'(pre)) @ W_fc`` reshaped to A's shape, so
+    ``w_k = (W_actor[a] * [hidden > 0]) @ mean_ij W_fc[:, k, i, j]``: no autograd pass, and the map is
+    differentiable (through A, W_fc and W_actor) without a double backward. ``hidden`` is
+    ``ReLU(fc(flatten(A)))``, (B, n); ``fc_weight`` (n, K*h*w), ``actor_weight`` (num_actions, n).
+    Equal to ``grad_cam(features, logits, actions, size, create_graph=True)`` up to float rounding.
+    ``size=None`` leaves the map at A's resolution (h, w), for :func:`camal_loss_low_res`.
+    """
+    channels = features.shape[1]
+    # relu' is a 0/1 step with no gradient of its own, as in autograd's ReLU backward
+    upstream = actor_weight[actions.long()] * (hidden > 0).to(actor_weight.dtype)
+    fc_channel_means = fc_weight.view(fc_weight.shape[0], channels, -1).mean(dim=2)
+    return cam_from_weights(upstream @ fc_channel_means, features, size)
+
+
+def cam_from_weights(weights: torch.Tensor, features: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """``M = ReLU(sum_k w_k A_k)`` for channel weights (B, K), upsampled bilinearly to ``size`` (None: not)."""
+    cam = F.relu((weights[:, :, None, None] * features).sum(dim=1, keepdim=True))
+    if size is None:
+        return cam[:, 0]
     return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def upsampling_matrix(source: int, target: int, like: torch.Tensor) -> torch.Tensor:
+    """(target, source): 1-D linear interpolation as ``F.interpolate(..., align_corners=False)`` does it."""
+    identity = torch.eye(source, device=like.device, dtype=like.dtype)[None]
+    return F.interpolate(identity, size=target, mode="linear", align_corners=False)[0].T
 
 
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
@@ -63,6 +99,33 @@ def camal_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     if not valid.any():
         return maps.sum() * 0.0  # keeps the graph, so backward() works on an empty batch
     alpha, beta = attention_inside_outside(normalise_maps(maps[valid]), masks[valid])
+    return (beta - alpha).mean()
+
+
+def camal_loss_low_res(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``camal_loss(upsampled cams, masks)`` for Grad-CAM maps (B, h, w) before their bilinear upsampling
+    to the masks' (B, H, W), computed without the upsampled maps' backward.
+
+    The upsampling is linear and separable, ``up = R M C^T``, so the attention on and off the mask are
+    ``<M, R^T G C>`` and ``<M, R^T 1 C> - <M, R^T G C>``; only the peak ``max up`` needs the full map,
+    and its gradient is that of the peak pixel, ``R[y] M C[x]^T``. Equal up to float rounding.
+    """
+    valid = has_target(masks)
+    if not valid.any():
+        return cams.sum() * 0.0
+    cams, masks = cams[valid], masks[valid].to(cams.dtype)
+    height, width = masks.shape[1:]
+    rows = upsampling_matrix(cams.shape[1], height, cams)
+    cols = upsampling_matrix(cams.shape[2], width, cams)
+    with torch.no_grad():
+        peak_pixel = (rows @ cams @ cols.T).flatten(1).argmax(dim=1)
+    peak = torch.einsum("bi,bij,bj->b", rows[peak_pixel // width], cams, cols[peak_pixel % width])
+    scale = peak + 1e-8  # as in normalise_maps
+    on_mask = (cams * (rows.T @ masks @ cols)).sum(dim=(1, 2))
+    total = (cams * torch.outer(rows.sum(dim=0), cols.sum(dim=0))).sum(dim=(1, 2))
+    inside = masks.sum(dim=(1, 2))
+    alpha = on_mask / scale / inside.clamp(min=1.0)
+    beta = (total - on_mask) / scale / (height * width - inside).clamp(min=1.0)
     return (beta - alpha).mean()
 
 
@@ -135,18 +198,16 @@ def training_masks(masks: torch.Tensor, source: str, generator: torch.Generator 
 def attention_loss(
     kind: str,
     masks: torch.Tensor,
-    features: torch.Tensor,
-    logits: torch.Tensor,
-    actions: torch.Tensor,
+    cams: torch.Tensor | None = None,
     inputs: torch.Tensor | None = None,
     log_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The attention loss of a minibatch, before its coefficient lambda: ``camal`` on the
-    differentiable Grad-CAM of the taken ``actions``, or ``rrr`` on the input gradient of ``log_probs``
-    (``inputs`` must require grad and be what ``log_probs`` was computed from)."""
+    """The attention loss of a minibatch, before its coefficient lambda: ``camal`` on ``cams``, the
+    differentiable Grad-CAM maps of the taken actions at the conv layer's resolution (B, h, w)
+    (``linear_head_grad_cam`` without a size; see ``camal_loss_low_res``), or ``rrr`` on the input
+    gradient of ``log_probs`` (``inputs`` must require grad and be what ``log_probs`` was computed from)."""
     if kind == "camal":
-        maps = grad_cam(features, logits, actions, tuple(masks.shape[-2:]), create_graph=True)
-        return camal_loss(maps, masks)
+        return camal_loss_low_res(cams, masks)
     if kind == "rrr":
         return rrr_loss(inputs, log_probs, masks)
     raise ValueError(f"unknown attention loss '{kind}'; valid: camal, rrr")

@@ -40,7 +40,8 @@ from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.attention import MASK_SOURCES, attention_loss, grad_cam, has_target, relevance_mass, training_masks
+from agents.attention import (MASK_SOURCES, attention_loss, grad_cam, has_target, linear_head_grad_cam, relevance_mass,
+                              training_masks)
 from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env, reward_scale_for
 from masks import mask_outline, targets_for
 from scenarios import is_config_path, short_name
@@ -270,9 +271,19 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), value
 
     def logits_value_features(self, pixels: torch.Tensor):
+        logits, value, features, _ = self.logits_value_features_hidden(pixels)
+        return logits, value, features
+
+    def logits_value_features_hidden(self, pixels: torch.Tensor):
+        """Also the hidden layer ``ReLU(fc(flatten(A)))``, which the closed-form Grad-CAM needs."""
         features = self.features(pixels)
         hidden = self.head(features)
-        return self.actor(hidden), self.critic(hidden), features
+        return self.actor(hidden), self.critic(hidden), features, hidden
+
+    def grad_cam(self, features: torch.Tensor, hidden: torch.Tensor, actions: torch.Tensor, size=None) -> torch.Tensor:
+        """Differentiable Grad-CAM of ``actions`` in closed form (no double backward), upsampled to ``size``
+        (None: at A's 7x7, for ``camal_loss_low_res``)."""
+        return linear_head_grad_cam(features, hidden, actions, self.head[1].weight, self.actor.weight, size)
 
 
 # ---------------------------------------------------------------- run folder, checkpoint, resume
@@ -629,13 +640,13 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
                 np.random.shuffle(b_inds)
                 for start in range(0, args.batch_size, args.minibatch_size):
                     end = start + args.minibatch_size
-                    mb_inds = b_inds[start:end]
+                    mb_inds = torch.as_tensor(b_inds[start:end], device=device)
                     mb_pixels = b_pixels[mb_inds].float()
                     mb_unit_pixels = None
                     if args.attn_loss == "rrr":  # RRR differentiates w.r.t. pixels scaled to [0, 1]
                         mb_unit_pixels = (mb_pixels / 255.0).requires_grad_(True)
                         mb_pixels = mb_unit_pixels * 255.0
-                    logits, newvalue, features = agent.logits_value_features(mb_pixels)
+                    logits, newvalue, features, hidden = agent.logits_value_features_hidden(mb_pixels)
                     dist = Categorical(logits=logits, validate_args=False)  # NaN logits reach the loss check
                     newlogprob = dist.log_prob(b_actions[mb_inds])
                     entropy = dist.entropy()
@@ -646,7 +657,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
                         # calculate approx_kl http://joschu.net/blog/kl-approx.html
                         old_approx_kl = (-logratio).mean()
                         approx_kl = ((ratio - 1) - logratio).mean()
-                        clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+                        clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())  # no .item(): no sync
 
                     mb_advantages = b_advantages[mb_inds]
                     if args.norm_adv:
@@ -675,12 +686,12 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
 
                     # ---------------- CAMAL: attention loss on this minibatch ----------------
                     if args.attn_loss != "none":
-                        attn_loss = attention_loss(
-                            args.attn_loss, training_masks(b_masks[mb_inds], args.mask_source, mask_generator),
-                            features, logits, b_actions[mb_inds], inputs=mb_unit_pixels, log_probs=newlogprob,
-                        )
+                        mb_masks = training_masks(b_masks[mb_inds], args.mask_source, mask_generator)
+                        cams = agent.grad_cam(features, hidden, b_actions[mb_inds]) if args.attn_loss == "camal" else None
+                        attn_loss = attention_loss(args.attn_loss, mb_masks, cams=cams, inputs=mb_unit_pixels,
+                                                   log_probs=newlogprob)
                         loss = loss + args.camal_coef * attn_loss
-                        attn_losses.append(attn_loss.item())
+                        attn_losses.append(attn_loss.detach())
                         terms[f"{args.attn_loss}_loss"] = attn_loss
                     # ---------------------------------------------------------------------------
 
@@ -707,10 +718,10 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
             writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
             writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
             writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+            writer.add_scalar("losses/clipfrac", torch.stack(clipfracs).mean().item(), global_step)
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             if attn_losses:
-                writer.add_scalar(f"losses/{args.attn_loss}_loss", np.mean(attn_losses), global_step)
+                writer.add_scalar(f"losses/{args.attn_loss}_loss", torch.stack(attn_losses).mean().item(), global_step)
             log_attention(writer, agent, b_pixels, b_masks, b_actions, global_step, args, iteration)
             sps = int((global_step - begin.global_step) / (time.time() - start_time))
             writer.add_scalar("charts/SPS", sps, global_step)

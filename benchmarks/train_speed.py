@@ -1,17 +1,27 @@
-"""Training speed: CAMAL vs vanilla PPO (and RRR), measured in one run on the same machine.
+"""Training speed: CAMAL vs vanilla PPO (and RRR) and a peer PPO (SB3), measured in one run.
 
-    python benchmarks/train_speed.py --env basic --iterations 4
+    pip install -r benchmarks/requirements.txt     # stable-baselines3, for the peer
+    python benchmarks/train_speed.py --env basic
 
-1. update cost: seconds per PPO minibatch update (forward, loss, backward, Adam step) on a fixed
-   batch of real frames, for each attention loss;
-2. rollout only: steps/s of acting (the agent's forward pass + the 8-env vector env step), against
+1. the machine: peak fp32 GFLOP/s of a large matrix product (with the torch threads of --threads);
+2. update cost: seconds per PPO minibatch update (forward, loss, backward, Adam step) on a fixed
+   batch of real frames, for each attention loss, and the achieved GFLOP/s (the Nature CNN's
+   forward + backward FLOPs, counted from its layers) against the peak. `camal` is the trainer's
+   (closed-form Grad-CAM, loss at the map's 7x7, `camal_loss_low_res`); `camal-upsampled` the
+   closed-form map upsampled to 84x84 with `camal_loss`; `camal-autograd` that loss on autograd's
+   double-backward map (`grad_cam(create_graph=True)`), the trainer's before the closed form;
+3. rollout only: steps/s of acting (the agent's forward pass + the 8-env vector env step), against
    the raw engine (`DoomGame.make_action`, 8 processes, same cores; benchmarks/env_throughput.py);
-3. end to end: SPS of `agents/ppo_camal.py` runs of a few iterations each, methods interleaved so
-   that drift on the machine hits them alike (SPS from the run's last `charts/SPS` scalar).
+4. end to end: SPS of `agents/ppo_camal.py` runs and of `benchmarks/sb3_ppo.py` (SB3 CnnPolicy, same
+   env, network and flags) of a few iterations each, the setups interleaved in every repeat, in
+   reverse order every other repeat, so that drift on a shared machine hits them alike (ours: the
+   run's last `charts/SPS` scalar).
+Every timing section interleaves its setups repeat by repeat and reports medians.
 """
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,33 +35,41 @@ import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions.categorical import Categorical
 
-from agents.attention import camal_loss, grad_cam, rrr_loss
+from agents.attention import camal_loss, camal_loss_low_res, grad_cam, rrr_loss
 from agents.ppo_camal import Agent
 from env_throughput import raw_steps_per_second  # the sibling script (benchmarks/ is on sys.path)
-from envs import make_env, make_vector_env
+from envs import check_scenario, make_env, make_vector_env
+from envs.doom import FRAME_SIZE, STACK_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_FLAGS = {"vanilla": ["--attn-loss", "none"], "camal": ["--attn-loss", "camal"], "rrr": ["--attn-loss", "rrr"]}
+PEER = "sb3"
+FRAME_SHAPE = (STACK_SIZE, FRAME_SIZE, FRAME_SIZE)
+UPDATE_VARIANTS = ("vanilla", "camal", "camal-upsampled", "camal-autograd", "rrr")
 
 
 @dataclass
 class Args:
     env: str = "basic"
     """scenario"""
-    methods: list[str] = field(default_factory=lambda: ["vanilla", "camal", "rrr"])
-    """attention losses to compare (vanilla, camal, rrr)"""
+    methods: list[str] = field(default_factory=lambda: ["vanilla", "camal", "rrr", PEER])
+    """setups to compare end to end: vanilla, camal, rrr (agents/ppo_camal.py) and sb3 (the peer)"""
     minibatch_size: int = 256
     """minibatch of the update benchmark (CleanRL default with 8 envs x 128 steps / 4)"""
     updates: int = 20
-    """timed minibatch updates per method"""
+    """timed minibatch updates per update variant (split over the repeats)"""
     iterations: int = 4
     """PPO iterations (8 envs x 128 steps each) per end-to-end run"""
     repeats: int = 2
-    """end-to-end runs per method, interleaved"""
+    """rounds of every timing section; in each round every setup runs once, in turn (use an even number)"""
     rollout_steps: int = 512
-    """vector steps (x 8 envs) of the rollout-only measurement"""
+    """vector steps (x 8 envs) of the rollout-only measurement (0: skip it)"""
     cuda: bool = False
     """run on the GPU if available"""
+    threads: int | None = None
+    """torch threads of this process (update and rollout sections; None: torch's default, as the trainer)"""
+    end_to_end: bool = True
+    """run the end-to-end section (--no-end-to-end: the machine, update and rollout sections only)"""
 
 
 def real_frames(scenario: str, count: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -71,43 +89,87 @@ def real_frames(scenario: str, count: int) -> tuple[torch.Tensor, torch.Tensor, 
     return torch.as_tensor(np.stack(pixels)), torch.as_tensor(np.stack(masks)).bool(), int(env.action_space.n)
 
 
-def time_updates(method: str, pixels: torch.Tensor, masks: torch.Tensor, num_actions: int, updates: int,
-                 device: torch.device) -> float:
+def peak_gflops(size: int = 2048, products: int = 8) -> float:
+    """fp32 GFLOP/s of ``products`` (size x size) @ (size x size) matrix products, after one warm-up."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(products):
+        a @ b
+    return 2 * size**3 * products / (time.perf_counter() - start) / 1e9
+
+
+def update_flops(agent: Agent, batch: int) -> float:
+    """FLOPs of one forward + backward pass of ``agent`` on ``batch`` frames (convolutions and linear layers).
+
+    Forward: 2 FLOPs per multiply-add. Backward: the same again for the weight gradients and again for
+    the input gradients, except the first layer's (the pixels need none). Biases, activations and the
+    optimizer are left out (<1%).
+    """
+    macs: list[int] = []
+
+    def count(module, inputs, output):
+        # one multiply-add per weight of an output's receptive field (in_channels x kernel, or in_features)
+        macs.append(output[0].numel() * module.weight[0].numel())
+
+    layers = [m for m in agent.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    try:
+        with torch.no_grad():
+            agent.logits_value_features(torch.zeros((1,) + FRAME_SHAPE, device=next(agent.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    first_layer = macs[0]
+    return batch * 2 * (3 * sum(macs) - first_layer)
+
+
+def update_step(variant: str, pixels: torch.Tensor, masks: torch.Tensor, num_actions: int, device: torch.device):
+    """One PPO-like minibatch update (forward, loss with the variant's attention term, backward, clip, Adam)."""
     torch.manual_seed(0)
     agent = Agent(num_actions).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5)
     pixels, masks = pixels.to(device), masks.to(device)
     actions = torch.randint(0, num_actions, (len(pixels),), device=device)
     advantages = torch.randn(len(pixels), device=device)
+    size = tuple(masks.shape[-2:])
 
     def update():
         x = pixels.float()
-        if method == "rrr":
+        if variant == "rrr":
             unit = (x / 255.0).requires_grad_(True)
             x = unit * 255.0
-        logits, value, features = agent.logits_value_features(x)
+        logits, value, features, hidden = agent.logits_value_features_hidden(x)
         dist = Categorical(logits=logits)
         logprob = dist.log_prob(actions)
         loss = -(advantages * logprob.exp()).mean() - 0.01 * dist.entropy().mean() + 0.5 * (value.view(-1) ** 2).mean()
-        if method == "camal":
-            loss = loss + camal_loss(grad_cam(features, logits, actions, masks.shape[-2:]), masks)
-        elif method == "rrr":
+        if variant == "camal":
+            loss = loss + camal_loss_low_res(agent.grad_cam(features, hidden, actions), masks)
+        elif variant == "camal-upsampled":
+            loss = loss + camal_loss(agent.grad_cam(features, hidden, actions, size), masks)
+        elif variant == "camal-autograd":
+            loss = loss + camal_loss(grad_cam(features, logits, actions, size, create_graph=True), masks)
+        elif variant == "rrr":
             loss = loss + rrr_loss(unit, logprob, masks)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    for _ in range(3):
-        update()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(updates):
-        update()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / updates
+    return update
+
+
+def time_round(steps: dict, updates: int) -> dict[str, float]:
+    """Seconds per update of each variant's update step, ``updates`` of each, the variants in turn."""
+    seconds = {}
+    for variant, update in steps.items():
+        start = time.perf_counter()
+        for _ in range(updates):
+            update()
+        seconds[variant] = (time.perf_counter() - start) / updates
+    return seconds
 
 
 def rollout_sps(scenario: str, num_actions: int, vector_steps: int, device: torch.device, num_envs: int = 8) -> float:
@@ -127,8 +189,14 @@ def rollout_sps(scenario: str, num_actions: int, vector_steps: int, device: torc
 
 
 def end_to_end_sps(method: str, args: Args, runs_dir: Path) -> float:
+    """SPS of one short training run in a fresh process: ours (agents/ppo_camal.py) or the peer's."""
+    steps = str(args.iterations * 1024)
+    if method == PEER:
+        cmd = [sys.executable, str(ROOT / "benchmarks/sb3_ppo.py"), "--env", args.env, "--total-timesteps", steps]
+        done = subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        return float(done.stdout.split()[-1])
     cmd = [sys.executable, str(ROOT / "agents/ppo_camal.py"), "--env", args.env, "--runs-dir", str(runs_dir),
-           "--exp-name", f"bench-{method}-{time.time_ns()}", "--total-timesteps", str(args.iterations * 1024),
+           "--exp-name", f"bench-{method}-{time.time_ns()}", "--total-timesteps", steps,
            "--save-every", "1000", "--image-every", "0", *METHOD_FLAGS[method]]
     if not args.cuda:
         cmd.append("--no-cuda")
@@ -139,33 +207,88 @@ def end_to_end_sps(method: str, args: Args, runs_dir: Path) -> float:
     return events.Scalars("charts/SPS")[-1].value
 
 
-def main(args: Args) -> None:
-    unknown = [m for m in args.methods if m not in METHOD_FLAGS]
+def check_args(args: Args) -> None:
+    """Exit with a one-line error for a bad argument, before anything runs."""
+    valid = [*METHOD_FLAGS, PEER]
+    unknown = [m for m in args.methods if m not in valid]
     if unknown:
-        sys.exit(f"error: unknown method {unknown[0]!r}; valid: {', '.join(METHOD_FLAGS)}")
+        sys.exit(f"error: unknown method {unknown[0]!r}; valid: {', '.join(valid)}")
+    if not args.methods:
+        sys.exit(f"error: --methods is empty; valid: {', '.join(valid)}")
+    try:
+        check_scenario(args.env)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    for name in ("minibatch_size", "updates", "iterations", "repeats"):
+        if getattr(args, name) <= 0:
+            sys.exit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.threads is not None and args.threads <= 0:
+        sys.exit(f"error: --threads must be > 0 (or omitted for torch's default), got {args.threads}")
+    if args.rollout_steps < 0:
+        sys.exit(f"error: --rollout-steps must be >= 0, got {args.rollout_steps}")
+    if PEER in args.methods:
+        try:
+            import stable_baselines3  # noqa: F401
+        except ImportError:
+            sys.exit("error: method sb3 needs stable-baselines3: pip install -r benchmarks/requirements.txt")
+
+
+def main(args: Args) -> None:
+    check_args(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     print(f"device: {device}, torch threads: {torch.get_num_threads()}", flush=True)
     pixels, masks, num_actions = real_frames(args.env, args.minibatch_size)
-    update_seconds = {m: time_updates(m, pixels, masks, num_actions, args.updates, device) for m in args.methods}
-    print(f"\nminibatch update ({args.minibatch_size} frames of {args.env}), mean of {args.updates}:")
-    for method, seconds in update_seconds.items():
-        print(f"  {method:8s} {seconds * 1000:8.1f} ms   x{seconds / update_seconds[args.methods[0]]:.2f} of {args.methods[0]}")
 
-    acting = rollout_sps(args.env, num_actions, args.rollout_steps, device)
-    raw = raw_steps_per_second(args.env, 8, args.rollout_steps, seed=0, read_state=True)
-    print(f"\nrollout only (8 envs): {acting:.0f} steps/s; raw engine (8 processes, make_action + get_state): "
-          f"{raw:.0f} steps/s; ratio {acting / raw:.2f}", flush=True)
+    steps = {v: update_step(v, pixels, masks, num_actions, device) for v in UPDATE_VARIANTS}
+    time_round(steps, 2)  # warm-up
+    per_round = max(1, args.updates // args.repeats)
+    peaks, update_seconds = [], {v: [] for v in UPDATE_VARIANTS}
+    for _ in range(args.repeats):  # the peak and the updates in turn, so that load hits both alike
+        if device.type == "cpu":
+            peaks.append(peak_gflops())
+        for variant, seconds in time_round(steps, per_round).items():
+            update_seconds[variant].append(seconds)
+    flops = update_flops(Agent(num_actions).to(device), args.minibatch_size)
+    peak = max(peaks) if peaks else float("nan")
+    print(f"\nminibatch update ({args.minibatch_size} frames of {args.env}), median of {args.repeats} rounds of "
+          f"{per_round}; forward + backward of the Nature CNN: {flops / 1e9:.2f} GFLOP; "
+          f"peak (2048^3 fp32 matmul, best of {len(peaks)}): {peak:.1f} GFLOP/s")
+    print(f"  {'variant':15s} {'ms':>8s} {'x vanilla':>10s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    base_update = statistics.median(update_seconds["vanilla"])
+    for variant, values in update_seconds.items():
+        seconds = statistics.median(values)
+        # camal's closed-form map adds <1% to the count; the other variants' extra work is not counted
+        gflops = flops / seconds / 1e9
+        rate = f"{gflops:8.1f} {gflops / peak:8.0%}" if variant in ("vanilla", "camal") else ""
+        print(f"  {variant:15s} {seconds * 1000:8.1f} {seconds / base_update:10.2f} {rate}")
 
+    if args.rollout_steps:
+        acting = rollout_sps(args.env, num_actions, args.rollout_steps, device)
+        raw = raw_steps_per_second(args.env, 8, args.rollout_steps, seed=0, read_state=True)
+        print(f"\nrollout only (8 envs): {acting:.0f} steps/s; raw engine (8 processes, make_action + get_state): "
+              f"{raw:.0f} steps/s; ratio {acting / raw:.2f}", flush=True)
+
+    if not args.end_to_end:
+        return
     sps: dict[str, list[float]] = {m: [] for m in args.methods}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for method in args.methods:
+            # A B C, then C B A: a load that drifts steadily through the run favours no setup
+            for method in args.methods if repeat % 2 == 0 else args.methods[::-1]:
                 sps[method].append(end_to_end_sps(method, args, Path(tmp)))
                 print(f"  run {repeat + 1}/{args.repeats} {method}: {sps[method][-1]:.0f} SPS", flush=True)
-    base = np.mean(sps[args.methods[0]])
-    print(f"\nend to end ({args.iterations} iterations of 8 envs x 128 steps, {args.repeats} runs each):")
+    medians = {m: statistics.median(v) for m, v in sps.items()}
+    print(f"\nend to end ({args.iterations} iterations of 8 envs x 128 steps, {args.repeats} interleaved runs each, "
+          f"median SPS):")
+    header = f"  {'setup':8s} {'SPS':>8s}  {'runs':24s}"
+    ratios = [m for m in ("vanilla", PEER) if m in medians]
+    print(header + "".join(f" {'/ ' + m:>10s}" for m in ratios))
     for method, values in sps.items():
-        print(f"  {method:8s} {np.mean(values):8.0f} SPS   ratio to {args.methods[0]}: {np.mean(values) / base:.2f}")
+        runs = " ".join(f"{v:.0f}" for v in values)
+        line = f"  {method:8s} {medians[method]:8.0f}  {runs:24s}"
+        print(line + "".join(f" {medians[method] / medians[m]:10.2f}" for m in ratios))
 
 
 if __name__ == "__main__":
