@@ -127,8 +127,9 @@ class Args:
     # Attention loss (docs/method.md s.4)
     attn_loss: Literal["none", "camal", "rrr"] = "camal"
     """attention loss: none (vanilla PPO), camal, or rrr (Right for the Right Reasons control)"""
-    camal_coef: float = 0.1
-    """lambda: weight of the attention loss (camal or rrr); 0 reproduces vanilla PPO (0.1: see README)"""
+    camal_coef: float | None = None
+    """lambda: weight of the attention loss; default 0.1 for camal, 0.01 for rrr (README: choice of lambda,
+    RRR sweep); 0 reproduces vanilla PPO"""
     mask_source: Literal["labels", "random", "shuffled"] = "labels"
     """masks the attention loss sees: labels (true), random (same-area blobs) or shuffled (another frame's)"""
 
@@ -146,6 +147,9 @@ class Args:
 RUNTIME_FIELDS = ("method", "batch_size", "minibatch_size", "num_iterations")
 # flags that may differ on --resume: how long and where a run trains, not what it learns
 RESUME_CHANGEABLE = ("total_timesteps", "cuda", "track", "wandb_project_name", "wandb_entity")
+# lambda of each attention loss when --camal-coef is not given: the largest value that did not slow
+# learning on basic in its sweep (README: choice of lambda, RRR sweep)
+DEFAULT_ATTENTION_COEF = {"none": 0.0, "camal": 0.1, "rrr": 0.01}
 SEED_MAX = 2**32 - 1  # numpy's seed range is [0, 2**32 - 1]
 NO_TARGET_UPDATES = 3  # an attention-loss run that sees no target in this many first updates is warned
 
@@ -174,7 +178,7 @@ def check_args(args: Args) -> None:
         raise ValueError(f"--seed must be in [0, {SEED_MAX}] (numpy's seed range), got {args.seed}")
     reward_scale_for(check_scenario(args.env), args.reward_transform, args.reward_scale)
     targets_for(args.env, args.targets)
-    if args.camal_coef < 0:
+    if args.camal_coef is not None and args.camal_coef < 0:
         raise ValueError(f"--camal-coef must be >= 0, got {args.camal_coef}")
     if args.mask_source not in MASK_SOURCES:
         raise ValueError(f"unknown --mask-source '{args.mask_source}'; valid: {', '.join(MASK_SOURCES)}")
@@ -224,6 +228,8 @@ def check_writable_dir(path: Path, name: str) -> None:
 
 
 def set_runtime_fields(args: Args) -> None:
+    if args.camal_coef is None:
+        args.camal_coef = DEFAULT_ATTENTION_COEF[args.attn_loss]
     args.method = method_label(args)
     args.exp_name = args.exp_name or args.method
     args.batch_size = int(args.num_envs * args.num_steps)
