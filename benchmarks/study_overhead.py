@@ -26,6 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "experiments"))
+from envs import check_scenario  # noqa: E402
 from study import METHODS  # noqa: E402  (experiments/study.py: the method -> trainer flags table)
 
 STUDY = """[budgets]
@@ -93,6 +94,10 @@ def main(args: Args) -> None:
     cores = args.cores or len(os.sched_getaffinity(0))
     if args.method not in METHODS:
         sys.exit(f"error: unknown --method {args.method!r}; valid: {', '.join(METHODS)}")
+    try:
+        check_scenario(args.env)
+    except ValueError as error:
+        sys.exit(f"error: --env: {error}")
     if args.steps < 1024 or args.repeats < 1 or not args.concurrent or min(args.concurrent) < 1 or cores < 1:
         sys.exit("error: --steps >= 1024, --repeats >= 1, --concurrent values >= 1 and --cores >= 0 are required")
     with tempfile.TemporaryDirectory() as tmp:

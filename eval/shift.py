@@ -88,7 +88,8 @@ def shifted_rollout(loaded: LoadedAgent, episodes: int, seed: int, greedy: bool,
                     device: torch.device) -> tuple[list[float], int, int]:
     """(returns on shifted frames, frames where argmax pi agrees with the unshifted twin, frames)."""
     config = loaded.config
-    kwargs = dict(targets=config.get("targets"), reward_transform=config.get("reward_transform", "scale"))
+    kwargs = dict(targets=config.get("targets"), reward_transform=config.get("reward_transform", "scale"),
+                  reward_scale=config.get("reward_scale"))
     shifted_env = make_env(config["env"], screen_wrapper=BackgroundShift, **kwargs)
     twin_env = make_env(config["env"], **kwargs)
     generator = torch.Generator().manual_seed(seed)

@@ -37,6 +37,7 @@ import tyro
 
 from agents import ppo_camal
 from envs import check_scenario
+from scenarios import short_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +99,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"{self.env}__{self.method}__{self.seed}"
+        return f"{short_name(self.env)}__{self.method}__{self.seed}"  # a .cfg path gives its file name
 
     @property
     def final_step(self) -> int:

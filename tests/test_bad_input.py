@@ -117,3 +117,24 @@ def test_mask_preview_cli_exits_1_with_one_line(in_empty_folder):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == ["error: --every must be >= 1, got 0"]
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    ("benchmarks/train_speed.py", ["--env", "nope"], "unknown scenario 'nope'"),
+    ("benchmarks/train_speed.py", ["--repeats", "0"], "--repeats must be > 0"),
+    ("benchmarks/env_throughput.py", ["--env", "nope"], "unknown scenario 'nope'"),
+    ("benchmarks/env_throughput.py", ["--steps", "0"], "--steps must be at least 1"),
+    ("benchmarks/study_overhead.py", ["--env", "nope"], "unknown scenario 'nope'"),
+    ("benchmarks/study_overhead.py", ["--method", "nope"], "unknown --method 'nope'"),
+    ("benchmarks/aggregate_bootstrap.py", ["--reps", "0"], "--reps and --noise-seeds must be >= 1"),
+    ("eval/random_baseline.py", ["--env", "nope"], "unknown scenario 'nope'"),
+    ("eval/random_baseline.py", ["--episodes", "0"], "--episodes must be >= 1"),
+])
+def test_benchmarks_and_tools_exit_1_with_one_line(script, flags, message, tmp_path):
+    """Refused before any engine starts or file is written: one line on stderr, exit status 1."""
+    done = subprocess.run([sys.executable, str(ROOT / script), *flags], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,8 @@ from eval.aggregate import Args as AggregateArgs
 from eval.aggregate import main as aggregate
 from eval.attention import Args as AttentionArgs
 from eval.attention import main as evaluate_attention
+from eval.shift import Args as ShiftArgs
+from eval.shift import main as evaluate_shift
 from eval.random_baseline import Args as BaselineArgs
 from eval.random_baseline import main as random_baseline
 from masks.labels import KNOWN_OBJECTS
@@ -108,6 +110,8 @@ def test_a_custom_scenario_trains_previews_evaluates_and_aggregates(tmp_path):
                                               cuda=False))
     assert result["env"] == str(cfg.resolve()) and result["frames_used"] > 0
     assert math.isfinite(result["means"]["relevance_mass_chance"])
+    shifted = evaluate_shift(ShiftArgs(run=str(run_dir), episodes=1, cuda=False))
+    assert 0 <= shifted["means"]["shift_action_agreement"] <= 1
 
     message = exit_message(aggregate, AggregateArgs(runs_dir=str(tmp_path / "runs"), out=str(tmp_path / "out"),
                                                     reps=50))
