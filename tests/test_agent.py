@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.attention import camal_loss, grad_cam, normalise_maps, relevance_mass
-from agents.ppo_camal import Agent, Args, create_run_dir
+from agents.ppo_camal import DEFAULT_ATTENTION_COEF, Agent, Args, create_run_dir, set_runtime_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-envs", "2", "--num-steps", "64", "--num-minibatches", "2", "--update-epochs", "1", "--image-every", "1"]
@@ -190,3 +190,17 @@ def test_control_runs_are_labelled_for_aggregation(tmp_path, flags, method, loss
     assert run_dir.name.startswith(f"basic__{method}__1__")
     values = [value for _, value in scalars(run_dir, loss_tag)]
     assert values and all(math.isfinite(v) for v in values)
+
+
+def test_attention_coefficient_defaults_per_loss_and_an_explicit_value_wins():
+    """Without --camal-coef each loss gets its own tuned lambda (RRR's penalty is far larger than CAMAL's);
+    the resolved value is what config.json records."""
+    resolved = {}
+    for loss in ("none", "camal", "rrr"):
+        args = Args(attn_loss=loss)
+        set_runtime_fields(args)
+        resolved[loss] = args.camal_coef
+    assert resolved == DEFAULT_ATTENTION_COEF and resolved["rrr"] < resolved["camal"]
+    args = Args(attn_loss="rrr", camal_coef=0.5)
+    set_runtime_fields(args)
+    assert args.camal_coef == 0.5
