@@ -78,6 +78,10 @@ class Args:
     """times Ray restarts a run whose worker process or node died (each restart resumes from the checkpoint)"""
     refresh: float = 10.0
     """seconds between two progress views on the console"""
+    scenarios: list[str] | None = None
+    """run only the study's runs of these scenarios, e.g. --scenarios basic (None: all of them)"""
+    methods: list[str] | None = None
+    """run only the study's runs of these methods, e.g. --methods vanilla camal (None: all of them)"""
     dry_run: bool = False
     """list the runs and their state (done / partial / new) and exit, without Ray"""
 
@@ -251,6 +255,23 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
                               run_args.num_envs * run_args.num_steps)
                     runs.setdefault(run.name, run)
     return Study(name, list(runs.values()), float(cpus), float(gpus))
+
+
+def select_runs(study: Study, scenarios: list[str] | None, methods: list[str] | None) -> Study:
+    """The part of a study to run now; its runs keep their names, so the whole study later skips them."""
+    chosen = study.runs
+    for wanted, kind, of_run in ((scenarios, "scenario", lambda r: r.env), (methods, "method", lambda r: r.method)):
+        if wanted is None:
+            continue
+        known = list(dict.fromkeys(of_run(r) for r in study.runs))
+        missing = [w for w in wanted if w not in known]
+        if missing or not wanted:
+            raise StudyError(f"the study has no {kind} {missing[0] if missing else '(none given)'!r}; "
+                             f"its {kind}s: {', '.join(known)}")
+        chosen = [r for r in chosen if of_run(r) in wanted]
+    if not chosen:
+        raise StudyError("no run of the study has one of the --scenarios and one of the --methods given")
+    return dataclasses.replace(study, runs=chosen)
 
 
 def load_eval_args():
@@ -578,7 +599,7 @@ def interrupt(signum, frame):
 
 def main(args: Args) -> None:
     try:
-        study = load_study(args.study, args.cpus_per_run, args.gpus_per_run)
+        study = select_runs(load_study(args.study, args.cpus_per_run, args.gpus_per_run), args.scenarios, args.methods)
         if args.max_retries < 0 or args.refresh <= 0:
             raise StudyError("--max-retries must be >= 0 and --refresh > 0")
         if args.num_cpus is not None and args.num_cpus < 1:
