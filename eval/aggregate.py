@@ -102,6 +102,10 @@ class Args:
     to replace a stock scenario's constants)"""
     reference: str = "camal"
     """method tested against every other method (Welch's t-test over seeds, per scenario and metric)"""
+    scenarios: list[str] | None = None
+    """aggregate only the runs of these scenarios (None: all); e.g. the scenarios where every method ran"""
+    methods: list[str] | None = None
+    """aggregate only the runs of these methods (None: all)"""
 
 
 @dataclass
@@ -260,6 +264,22 @@ def load_runs(runs_dir: Path, final_fraction: float = 0.1, normalisation: str | 
     return runs
 
 
+def select_runs(runs: list[Run], scenarios: list[str] | None, methods: list[str] | None) -> list[Run]:
+    """The runs of the given scenarios and methods (None: all); unknown names are refused."""
+    for wanted, kind, of_run in ((scenarios, "scenario", lambda r: r.env), (methods, "method", lambda r: r.method)):
+        if wanted is None:
+            continue
+        known = sorted({of_run(r) for r in runs})
+        missing = [w for w in wanted if w not in known]
+        if missing or not wanted:
+            raise SystemExit(f"error: no run of {kind} {missing[0] if missing else '(none given)'!r}; "
+                             f"the {kind}s found: {', '.join(known)}")
+        runs = [r for r in runs if of_run(r) in wanted]
+    if not runs:
+        raise SystemExit("error: no run has one of the --scenarios and one of the --methods given")
+    return runs
+
+
 def windowed_mean_returns(steps: np.ndarray, returns: np.ndarray, fractions: np.ndarray, window: float) -> np.ndarray:
     """Mean return of the episodes that ended in [(f - window) x L, f x L] for each fraction f, with L
     the last logged step; NaN where no episode ended in a window."""
@@ -300,7 +320,8 @@ def score_matrices(
     short = [f"'{m}' has {len(v)} on '{s}'" for (m, s), v in cells.items() if len(v) < most]
     if short:
         raise SystemExit(f"error: unequal seeds ({what}): every method needs as many seeds on every scenario as "
-                         f"'{most_method}' has on '{most_scenario}' ({most}), but " + "; ".join(short))
+                         f"'{most_method}' has on '{most_scenario}' ({most}), but " + "; ".join(short)
+                         + "; aggregate a part where they do with --scenarios / --methods")
     matrices = {m: np.stack([np.stack([value(r) for r in cells[m, s]]) for s in scenarios], axis=1) for m in methods}
     return matrices, scenarios
 
@@ -648,7 +669,8 @@ def main(args: Args) -> None:
         raise SystemExit(f"error: --reps and --curve-points must be >= 1, got {args.reps} and {args.curve_points}")
     out = Path(args.out)
     check_output_folder(out)
-    runs = load_runs(Path(args.runs_dir), args.final_fraction, args.normalisation)
+    runs = select_runs(load_runs(Path(args.runs_dir), args.final_fraction, args.normalisation), args.scenarios,
+                       args.methods)
     out.mkdir(parents=True, exist_ok=True)
     methods = ordered_methods((r.method for r in runs), args.baseline)
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}

@@ -1,0 +1,102 @@
+"""eval/report.py: the README's results block is regenerated from run records alone, with verdicts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval import report
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = [1, 2, 3, 4, 5]
+
+
+def write_record(folder: Path, env: str, method: str, seed: int, mean_return: float, means: dict, shift: dict):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(dict(env=env, method=method, seed=seed, total_timesteps=4096)))
+    steps = np.arange(200, 4097, 200)
+    (folder / "returns.csv").write_text("step,return\n" + "".join(f"{s},{mean_return}\n" for s in steps))
+    (folder / "attention_eval.json").write_text(json.dumps({"means": means}))
+    (folder / "shift_eval.json").write_text(json.dumps({"means": shift}))
+
+
+def fake_study(root: Path) -> Path:
+    """CAMAL's relevance mass far above vanilla's on both scenarios; pointing game drawn from one distribution."""
+    rng = np.random.default_rng(0)
+    results = root / "results" / "fake"
+    for env in ("basic", "defend_the_center"):
+        for method in ("vanilla", "camal", "rrr") if env == "basic" else ("vanilla", "camal"):
+            for seed in SEEDS:
+                means = dict(relevance_mass=(0.5 if method == "camal" else 0.1) + rng.normal(0, 0.01),
+                             relevance_mass_chance=0.05, relevance_rank=0.3, pointing_game=rng.uniform(0.2, 0.4),
+                             deletion_auc=0.4, deletion_auc_random=0.5, insertion_auc=0.6, insertion_auc_random=0.5,
+                             occlusion_drop=0.1, occlusion_drop_random=0.02)
+                write_record(results / f"{env}__{method}__{seed}", env, method, seed, 50.0 + seed,
+                             means, dict(shift_return_ratio=0.8, shift_action_agreement=0.9))
+    return results
+
+
+def run_report(*flags, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "eval" / "report.py"), *flags], capture_output=True,
+                          text=True, cwd=cwd, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+def test_report_writes_the_readme_block_and_check_catches_an_edit(tmp_path):
+    results = fake_study(tmp_path)
+    readme = tmp_path / "README.md"
+    begin, end = report.markers("results/fake")
+    readme.write_text(f"# Results\n\nprose kept\n{begin}\nold table\n{end}\nafter\n")
+    assert run_report("results/fake", "--check", "README.md", "--reps", "500", cwd=tmp_path).returncode == 1
+
+    written = run_report("results/fake", "--readme", "README.md", "--reps", "500", cwd=tmp_path)
+    assert written.returncode == 0, written.stderr
+    text = readme.read_text()
+    assert text.startswith("# Results\n\nprose kept\n") and text.endswith(f"{end}\nafter\n")
+    assert "old table" not in text and "#### basic" in text and "#### All scenarios" in text
+    assert "rrr (1 scenarios)" in text  # across scenarios each method is aggregated over the scenarios it ran
+    assert (tmp_path / "docs/results/fake/all_methods/interval_estimates.png").is_file()
+    assert (tmp_path / "docs/results/fake/camal_vs_vanilla/p_values.png").is_file()
+
+    claims_table = text.split("#### The paper's claims, here")[1].split(end)[0]
+    claims = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in claims_table.splitlines()
+              if line.startswith("| ")}
+    assert list(claims)[0] == "claim" and "| claim | basic | defend_the_center | all scenarios |" in claims_table
+    basic, center, across = (cell.strip(" |") for cell in claims["alignment gain over vanilla"])
+    assert basic.startswith("**yes**") and center.startswith("**yes**") and across.startswith("**yes**")
+    assert claims["pointing gain over vanilla"][0].startswith("not settled")
+    assert claims["return not worse than vanilla"][0].startswith("yes")
+    assert claims["alignment gain over RRR"][1].strip() == "not run"  # no RRR on defend_the_center
+
+    assert run_report("results/fake", "--check", "README.md", "--reps", "500", cwd=tmp_path).returncode == 0
+    readme.write_text(text.replace("**yes**", "**no**", 1))
+    checked = run_report("results/fake", "--check", "README.md", "--reps", "500", cwd=tmp_path)
+    assert checked.returncode == 1 and "is not the output of eval/report.py" in checked.stderr
+
+
+def test_a_readme_without_markers_is_refused_before_any_work(tmp_path):
+    fake_study(tmp_path)
+    (tmp_path / "README.md").write_text("# no markers\n")
+    refused = run_report("results/fake", "--readme", "README.md", cwd=tmp_path)
+    assert refused.returncode != 0 and refused.stderr.count("\n") == 1 and "needs one line" in refused.stderr
+    assert (tmp_path / "README.md").read_text() == "# no markers\n" and not (tmp_path / "docs").exists()
+
+
+def test_permutation_test_and_power():
+    same = [np.array([1.0, 2.0, 3.0]), np.array([5.0, 6.0, 7.0])]
+    assert report.stratified_permutation_p(same, [a.copy() for a in same], 2000, 0) == 1.0
+    apart = [np.array([10.0, 11, 12, 13, 14]), np.array([20.0, 21, 22, 23, 24])]
+    below = [a - 9 for a in apart]  # apart from the other method's values in both scenarios
+    assert report.stratified_permutation_p(apart, below, 5000, 0) < 0.01
+    y = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+    x = y + 0.8 * y.std(ddof=1)  # Cohen's d = 0.8: the textbook 26 per group for 80% power at alpha 0.05
+    assert report.seeds_for_power(x, y, 0.05) == 26
+    assert report.seeds_for_power(x, y, 0.01) > 26 and report.seeds_for_power(y, y, 0.05) is None
+
+
+@pytest.mark.skipif(not (ROOT / "results" / "paper").is_dir(), reason="no records of the paper study yet")
+def test_readme_results_are_the_reports_output():
+    checked = run_report("results/paper", "--check", "README.md", cwd=ROOT)
+    assert checked.returncode == 0, checked.stderr
