@@ -15,6 +15,7 @@ Where the logic is CleanRL's, so are the names and the section comments; what a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
@@ -63,6 +64,9 @@ class Args:
     """sets torch.backends.cudnn.deterministic"""
     cuda: bool = True
     """use CUDA when it is available"""
+    bf16: bool = False
+    """run the network's layers in bfloat16 (torch.autocast; weights, losses and the attention terms stay fp32):
+    ~2.5x faster updates on CPUs with AMX or AVX512-BF16 and on GPUs, much slower on CPUs without (README: Speed)"""
     track: bool = False
     """also log to Weights and Biases (needs `pip install wandb`)"""
     wandb_project_name: str = "camal-vizdoom"
@@ -259,10 +263,11 @@ class Agent(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU())
         self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
         self.critic = layer_init(nn.Linear(512, 1), std=1)
+        self.to(memory_format=torch.channels_last)  # oneDNN's and cuDNN's fast layout: 1.5x faster updates here
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Output A of the last conv layer (after its ReLU), for uint8 or float pixels in [0, 255]."""
-        return self.conv(pixels.float() / 255.0)
+        return self.conv((pixels.float() / 255.0).contiguous(memory_format=torch.channels_last))
 
     def get_value(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.critic(self.head(self.features(pixels)))
@@ -284,7 +289,8 @@ class Agent(nn.Module):
         """Also the hidden layer ``ReLU(fc(flatten(A)))``, which the closed-form Grad-CAM needs."""
         features = self.features(pixels)
         hidden = self.head(features)
-        return self.actor(hidden), self.critic(hidden), features, hidden
+        # fp32 out of a bfloat16 autocast (--bf16): the losses, the policy and Grad-CAM are computed in fp32
+        return self.actor(hidden).float(), self.critic(hidden).float(), features.float(), hidden.float()
 
     def grad_cam(self, features: torch.Tensor, hidden: torch.Tensor, actions: torch.Tensor, size=None) -> torch.Tensor:
         """Differentiable Grad-CAM of ``actions`` in closed form (no double backward), upsampled to ``size``
@@ -558,6 +564,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
     if checkpoint is None:
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     mask_generator = torch.Generator(device=device).manual_seed(begin.mask_seed)
+    precision = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     # ALGO Logic: Storage setup
     obs_shape = envs.single_observation_space["pixels"].shape
@@ -593,7 +600,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
                 pixels_buf[step] = next_pixels
                 masks_buf[step] = next_mask
                 dones[step] = next_done
-                with torch.no_grad():  # acting: a plain forward pass, no attention
+                with torch.no_grad(), precision():  # acting: a plain forward pass, no attention
                     action, logprob, _, value = agent.get_action_and_value(next_pixels)
                 values[step] = value.flatten()
                 actions[step] = action
@@ -613,7 +620,8 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
 
             # bootstrap value if not done
             with torch.no_grad():
-                next_value = agent.get_value(next_pixels).reshape(1, -1)
+                with precision():
+                    next_value = agent.get_value(next_pixels).float().reshape(1, -1)
                 advantages = torch.zeros_like(rewards)
                 lastgaelam = 0
                 for t in reversed(range(args.num_steps)):
@@ -652,7 +660,8 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
                     if args.attn_loss == "rrr":  # RRR differentiates w.r.t. pixels scaled to [0, 1]
                         mb_unit_pixels = (mb_pixels / 255.0).requires_grad_(True)
                         mb_pixels = mb_unit_pixels * 255.0
-                    logits, newvalue, features, hidden = agent.logits_value_features_hidden(mb_pixels)
+                    with precision():
+                        logits, newvalue, features, hidden = agent.logits_value_features_hidden(mb_pixels)
                     dist = Categorical(logits=logits, validate_args=False)  # NaN logits reach the loss check
                     newlogprob = dist.log_prob(b_actions[mb_inds])
                     entropy = dist.entropy()

@@ -10,6 +10,8 @@
    (closed-form Grad-CAM, loss at the map's 7x7, `camal_loss_low_res`); `camal-upsampled` the
    closed-form map upsampled to 84x84 with `camal_loss`; `camal-autograd` that loss on autograd's
    double-backward map (`grad_cam(create_graph=True)`), the trainer's before the closed form;
+   `vanilla-nchw` the network in PyTorch's default memory layout (the trainer's before channels_last);
+   `*-bf16` the trainer's --bf16 (layers in bfloat16 under torch.autocast), its GFLOP/s against a bf16 matmul;
 3. rollout only: steps/s of acting (the agent's forward pass + the 8-env vector env step), against
    the raw engine (`DoomGame.make_action`, 8 processes, same cores; benchmarks/env_throughput.py);
 4. end to end: SPS of `agents/ppo_camal.py` runs and of `benchmarks/sb3_ppo.py` (SB3 CnnPolicy, same
@@ -42,10 +44,13 @@ from envs import check_scenario, make_env, make_vector_env
 from envs.doom import FRAME_SIZE, STACK_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
-METHOD_FLAGS = {"vanilla": ["--attn-loss", "none"], "camal": ["--attn-loss", "camal"], "rrr": ["--attn-loss", "rrr"]}
+METHOD_FLAGS = {"vanilla": ["--attn-loss", "none"], "camal": ["--attn-loss", "camal"], "rrr": ["--attn-loss", "rrr"],
+                "vanilla-bf16": ["--attn-loss", "none", "--bf16"], "camal-bf16": ["--attn-loss", "camal", "--bf16"]}
 PEER = "sb3"
 FRAME_SHAPE = (STACK_SIZE, FRAME_SIZE, FRAME_SIZE)
-UPDATE_VARIANTS = ("vanilla", "camal", "camal-upsampled", "camal-autograd", "rrr")
+UPDATE_VARIANTS = ("vanilla", "camal", "vanilla-nchw", "vanilla-bf16", "camal-bf16", "camal-upsampled", "camal-autograd",
+                   "rrr")
+"""-nchw: the network in PyTorch's default layout (the trainer's before channels_last); -bf16: with --bf16"""
 
 
 @dataclass
@@ -89,9 +94,9 @@ def real_frames(scenario: str, count: int) -> tuple[torch.Tensor, torch.Tensor, 
     return torch.as_tensor(np.stack(pixels)), torch.as_tensor(np.stack(masks)).bool(), int(env.action_space.n)
 
 
-def peak_gflops(size: int = 2048, products: int = 8) -> float:
-    """fp32 GFLOP/s of ``products`` (size x size) @ (size x size) matrix products, after one warm-up."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def peak_gflops(size: int = 2048, products: int = 8, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of ``products`` (size x size) @ (size x size) matrix products in ``dtype``, after one warm-up."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     start = time.perf_counter()
     for _ in range(products):
@@ -124,10 +129,23 @@ def update_flops(agent: Agent, batch: int) -> float:
     return batch * 2 * (3 * sum(macs) - first_layer)
 
 
+class NchwAgent(Agent):
+    """The trainer's network in PyTorch's default (NCHW) memory layout, as it was before channels_last."""
+
+    def __init__(self, num_actions: int):
+        super().__init__(num_actions)
+        self.to(memory_format=torch.contiguous_format)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.conv(pixels.float() / 255.0)
+
+
 def update_step(variant: str, pixels: torch.Tensor, masks: torch.Tensor, num_actions: int, device: torch.device):
     """One PPO-like minibatch update (forward, loss with the variant's attention term, backward, clip, Adam)."""
     torch.manual_seed(0)
-    agent = Agent(num_actions).to(device)
+    bf16 = variant.endswith("-bf16")
+    agent = (NchwAgent if variant.endswith("-nchw") else Agent)(num_actions).to(device)
+    variant = variant.removesuffix("-bf16").removesuffix("-nchw")
     optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5)
     pixels, masks = pixels.to(device), masks.to(device)
     actions = torch.randint(0, num_actions, (len(pixels),), device=device)
@@ -139,7 +157,8 @@ def update_step(variant: str, pixels: torch.Tensor, masks: torch.Tensor, num_act
         if variant == "rrr":
             unit = (x / 255.0).requires_grad_(True)
             x = unit * 255.0
-        logits, value, features, hidden = agent.logits_value_features_hidden(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits, value, features, hidden = agent.logits_value_features_hidden(x)
         dist = Categorical(logits=logits)
         logprob = dist.log_prob(actions)
         loss = -(advantages * logprob.exp()).mean() - 0.01 * dist.entropy().mean() + 0.5 * (value.view(-1) ** 2).mean()
@@ -244,24 +263,28 @@ def main(args: Args) -> None:
     steps = {v: update_step(v, pixels, masks, num_actions, device) for v in UPDATE_VARIANTS}
     time_round(steps, 2)  # warm-up
     per_round = max(1, args.updates // args.repeats)
-    peaks, update_seconds = [], {v: [] for v in UPDATE_VARIANTS}
+    peaks, bf16_peaks, update_seconds = [], [], {v: [] for v in UPDATE_VARIANTS}
     for _ in range(args.repeats):  # the peak and the updates in turn, so that load hits both alike
         if device.type == "cpu":
             peaks.append(peak_gflops())
+            bf16_peaks.append(peak_gflops(dtype=torch.bfloat16))
         for variant, seconds in time_round(steps, per_round).items():
             update_seconds[variant].append(seconds)
     flops = update_flops(Agent(num_actions).to(device), args.minibatch_size)
     peak = max(peaks) if peaks else float("nan")
+    bf16_peak = max(bf16_peaks) if bf16_peaks else float("nan")
     print(f"\nminibatch update ({args.minibatch_size} frames of {args.env}), median of {args.repeats} rounds of "
           f"{per_round}; forward + backward of the Nature CNN: {flops / 1e9:.2f} GFLOP; "
-          f"peak (2048^3 fp32 matmul, best of {len(peaks)}): {peak:.1f} GFLOP/s")
+          f"peak (2048^3 matmul, best of {len(peaks)}): fp32 {peak:.1f}, bf16 {bf16_peak:.1f} GFLOP/s")
     print(f"  {'variant':15s} {'ms':>8s} {'x vanilla':>10s} {'GFLOP/s':>8s} {'of peak':>8s}")
     base_update = statistics.median(update_seconds["vanilla"])
     for variant, values in update_seconds.items():
         seconds = statistics.median(values)
         # camal's closed-form map adds <1% to the count; the other variants' extra work is not counted
         gflops = flops / seconds / 1e9
-        rate = f"{gflops:8.1f} {gflops / peak:8.0%}" if variant in ("vanilla", "camal") else ""
+        rate = ""
+        if variant in ("vanilla", "camal", "vanilla-nchw", "vanilla-bf16", "camal-bf16"):
+            rate = f"{gflops:8.1f} {gflops / (bf16_peak if variant.endswith('bf16') else peak):8.0%}"
         print(f"  {variant:15s} {seconds * 1000:8.1f} {seconds / base_update:10.2f} {rate}")
 
     if args.rollout_steps:
@@ -282,12 +305,12 @@ def main(args: Args) -> None:
     medians = {m: statistics.median(v) for m, v in sps.items()}
     print(f"\nend to end ({args.iterations} iterations of 8 envs x 128 steps, {args.repeats} interleaved runs each, "
           f"median SPS):")
-    header = f"  {'setup':8s} {'SPS':>8s}  {'runs':24s}"
+    header = f"  {'setup':12s} {'SPS':>8s}  {'runs':24s}"
     ratios = [m for m in ("vanilla", PEER) if m in medians]
     print(header + "".join(f" {'/ ' + m:>10s}" for m in ratios))
     for method, values in sps.items():
         runs = " ".join(f"{v:.0f}" for v in values)
-        line = f"  {method:8s} {medians[method]:8.0f}  {runs:24s}"
+        line = f"  {method:12s} {medians[method]:8.0f}  {runs:24s}"
         print(line + "".join(f" {medians[method] / medians[m]:10.2f}" for m in ratios))
 
 

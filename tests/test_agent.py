@@ -204,3 +204,30 @@ def test_attention_coefficient_defaults_per_loss_and_an_explicit_value_wins():
     args = Args(attn_loss="rrr", camal_coef=0.5)
     set_runtime_fields(args)
     assert args.camal_coef == 0.5
+
+
+def test_bf16_keeps_the_outputs_fp32_and_close_to_the_fp32_network():
+    torch.manual_seed(0)
+    agent = Agent(num_actions=3)
+    pixels, _, actions = random_batch(batch=32)
+    exact = agent.logits_value_features_hidden(pixels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = agent.logits_value_features_hidden(pixels)
+    assert all(t.dtype == torch.float32 for t in mixed)  # losses and Grad-CAM are computed in fp32
+    for a, b in zip(exact, mixed):
+        assert not torch.equal(a, b)  # the layers did run in bfloat16
+        torch.testing.assert_close(b, a, rtol=0.05, atol=0.05 * a.abs().max().item())
+    maps_exact = agent.grad_cam(exact[2], exact[3], actions)
+    maps_mixed = agent.grad_cam(mixed[2], mixed[3], actions)
+    # near-zero hidden units may switch their ReLU gate in bfloat16, so the maps move more than the logits
+    relative_error = (maps_mixed - maps_exact).norm() / maps_exact.norm()
+    assert relative_error < 0.1, relative_error
+
+
+@pytest.mark.parametrize("attn_loss", ["camal", "rrr"])
+def test_bf16_run_trains_with_finite_losses(tmp_path, attn_loss):
+    run_dir = train(tmp_path, "--env", "basic", "--total-timesteps", "256", "--no-cuda", "--bf16", "--attn-loss", attn_loss)
+    assert json.loads((run_dir / "config.json").read_text())["bf16"] is True
+    for tag in ("losses/policy_loss", "losses/value_loss", f"losses/{attn_loss}_loss"):
+        values = [value for _, value in scalars(run_dir, tag)]
+        assert values and all(math.isfinite(v) for v in values), tag
