@@ -41,7 +41,7 @@ from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.attention import (MASK_SOURCES, attention_loss, grad_cam, has_target, linear_head_grad_cam, relevance_mass,
+from agents.attention import (MASK_SOURCES, attention_loss, has_target, linear_head_grad_cam, relevance_mass,
                               training_masks)
 from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env, reward_scale_for
 from masks import mask_outline, targets_for
@@ -780,8 +780,9 @@ def log_attention(writer, agent, b_pixels, b_masks, b_actions, global_step, args
     generator = torch.Generator().manual_seed(iteration)
     idx = torch.randperm(b_pixels.shape[0], generator=generator)[:sample_size].to(b_pixels.device)
     pixels, masks, actions = b_pixels[idx], b_masks[idx], b_actions[idx]
-    logits, _, features = agent.logits_value_features(pixels)
-    maps = grad_cam(features, logits, actions, masks.shape[-2:], create_graph=False).detach()
+    with torch.no_grad():  # the closed-form map: a forward pass, no backward
+        _, _, features, hidden = agent.logits_value_features_hidden(pixels)
+        maps = agent.grad_cam(features, hidden, actions, masks.shape[-2:])
     with_target = has_target(masks)
     writer.add_scalar("attention/mask_fraction", with_target.float().mean().item(), global_step)
     # share of all-zero maps: the CAMAL loss can also be lowered by switching attention off
