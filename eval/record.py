@@ -36,6 +36,10 @@ class Args:
     """folder holding the studies"""
     overwrite: bool = False
     """replace a record that already exists (default: refuse)"""
+    new_only: bool = False
+    """export only the runs that are complete, evaluated (attention_eval.json and shift_eval.json) and have no
+    record yet; list the others and skip them (e.g. a study's folder: python eval/record.py runs/paper/*/*/
+    --study paper --new-only)"""
     unfinished: bool = False
     """also export runs still training: their curve so far (e.g. the vanilla learning curve that sets a study's
     budget); eval/aggregate.py lists such records as unfinished and leaves them out"""
@@ -61,16 +65,29 @@ def main(args: Args) -> None:
         sys.exit(f"error: --study '{args.study}' must be a folder name of letters, digits, '.', '_' and '-'")
     study_dir = Path(args.results_dir) / args.study
     check_output_folder(study_dir, "--results-dir/--study")
-    targets = []
+    if args.new_only and (args.overwrite or args.unfinished):
+        sys.exit("error: --new-only exports finished runs without a record; it goes with neither --overwrite nor --unfinished")
+    targets, skipped = [], []
     for run in args.runs:
         run_dir = Path(run)
         if not (run_dir / CONFIG).is_file():
+            if args.new_only:
+                skipped.append(f"{run}: not a run folder (no {CONFIG})")
+                continue
             sys.exit(f"error: {run}: not a run folder (no {CONFIG})")
+        record_dir = study_dir / run_dir.resolve().name
         try:
             load_run(run_dir, final_fraction=1.0 if args.unfinished else 0.1)
         except SkippedRun as reason:
+            if args.new_only:
+                skipped.append(f"{run}: not finished ({reason})")
+                continue
             sys.exit(f"error: {run}: not a complete run ({reason})")
-        record_dir = study_dir / run_dir.resolve().name
+        if args.new_only:
+            missing = [name for name in EVALUATION_FILES if not (run_dir / name).is_file()]
+            if record_dir.exists() or missing:
+                skipped.append(f"{run}: " + ("has a record" if record_dir.exists() else f"no {', '.join(missing)} yet"))
+                continue
         if record_dir.exists() and not args.overwrite:
             sys.exit(f"error: {record_dir} exists; --overwrite replaces it")
         if record_dir in (target for _, target in targets):
@@ -80,6 +97,8 @@ def main(args: Args) -> None:
         written = export_run(run_dir, record_dir, args.unfinished)
         size = sum(path.stat().st_size for path in written)
         print(f"{run_dir} -> {record_dir} ({len(written)} files, {size / 1024:.1f} kB)")
+    if skipped:
+        print(f"skipped {len(skipped)}:\n  " + "\n  ".join(skipped))
 
 
 if __name__ == "__main__":

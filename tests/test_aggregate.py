@@ -441,3 +441,23 @@ def test_unfinished_runs_are_recorded_only_when_asked(tmp_path, capsys):
     assert "unfinished" in capsys.readouterr().err
     csv = pd.read_csv(tmp_path / "out" / "aggregate.csv")
     assert csv[(csv.quantity == "final_return") & (csv.metric == "run")].seed.tolist() == [1]
+
+
+def test_new_only_exports_the_finished_evaluated_runs_without_a_record(tmp_path, capsys):
+    """A study's folder mixes runs done, training and not yet evaluated: --new-only exports the done ones once."""
+    steps, returns = synthetic_history("basic", "vanilla", 1)
+    evaluations = dict(attention={"relevance_mass": 0.1}, shift={"shift_return_ratio": 0.9})
+    done = write_run(tmp_path / "runs", "basic", "vanilla", 1, steps, returns, **evaluations)
+    training = write_run(tmp_path / "runs", "basic", "vanilla", 2, steps[steps < 5000], returns[steps < 5000],
+                         **evaluations)
+    unevaluated = write_run(tmp_path / "runs", "basic", "vanilla", 3, steps, returns, attention={"relevance_mass": 0.1})
+    results = tmp_path / "results"
+    runs = [str(done), str(training), str(unevaluated)]
+    record_main(RecordArgs(runs=runs, study="s", results_dir=str(results), new_only=True))
+    assert [p.name for p in (results / "s").iterdir()] == [done.name]
+    printed = capsys.readouterr().out
+    assert "not finished" in printed and "no shift_eval.json yet" in printed
+    (results / "s" / done.name / "returns.csv").write_text("step,return\n1,2\n")  # a record is never replaced
+    record_main(RecordArgs(runs=runs, study="s", results_dir=str(results), new_only=True))
+    assert (results / "s" / done.name / "returns.csv").read_text() == "step,return\n1,2\n"
+    assert "has a record" in capsys.readouterr().out
