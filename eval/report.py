@@ -41,7 +41,7 @@ METRICS = (
     # (key, label, the better direction: +1 higher, -1 lower, 0 a control)
     ("normalised_score", "normalised score", +1),
     ("relevance_mass", "relevance mass", +1),
-    ("relevance_mass_chance", "relevance mass by chance (target's share of the frame)", 0),
+    ("relevance_mass_chance", "chance level of mass, rank and pointing (target's share of the frame)", 0),
     ("relevance_rank", "relevance rank", +1),
     ("pointing_game", "pointing game", +1),
     ("deletion_auc", "deletion AUC, map order", -1),
