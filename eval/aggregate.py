@@ -106,6 +106,8 @@ class Args:
     """aggregate only the runs of these scenarios (None: all); e.g. the scenarios where every method ran"""
     methods: list[str] | None = None
     """aggregate only the runs of these methods (None: all)"""
+    seeds: list[int] | None = None
+    """aggregate only the runs of these seeds (None: all); e.g. the seeds every method has so far"""
 
 
 @dataclass
@@ -264,19 +266,21 @@ def load_runs(runs_dir: Path, final_fraction: float = 0.1, normalisation: str | 
     return runs
 
 
-def select_runs(runs: list[Run], scenarios: list[str] | None, methods: list[str] | None) -> list[Run]:
-    """The runs of the given scenarios and methods (None: all); unknown names are refused."""
-    for wanted, kind, of_run in ((scenarios, "scenario", lambda r: r.env), (methods, "method", lambda r: r.method)):
+def select_runs(runs: list[Run], scenarios: list[str] | None, methods: list[str] | None,
+                seeds: list[int] | None = None) -> list[Run]:
+    """The runs of the given scenarios, methods and seeds (None: all); unknown values are refused."""
+    for wanted, kind, of_run in ((scenarios, "scenario", lambda r: r.env), (methods, "method", lambda r: r.method),
+                                 (seeds, "seed", lambda r: r.seed)):
         if wanted is None:
             continue
         known = sorted({of_run(r) for r in runs})
         missing = [w for w in wanted if w not in known]
         if missing or not wanted:
             raise SystemExit(f"error: no run of {kind} {missing[0] if missing else '(none given)'!r}; "
-                             f"the {kind}s found: {', '.join(known)}")
+                             f"the {kind}s found: {', '.join(map(str, known))}")
         runs = [r for r in runs if of_run(r) in wanted]
     if not runs:
-        raise SystemExit("error: no run has one of the --scenarios and one of the --methods given")
+        raise SystemExit("error: no run has one of the --scenarios, one of the --methods and one of the --seeds given")
     return runs
 
 
@@ -670,7 +674,7 @@ def main(args: Args) -> None:
     out = Path(args.out)
     check_output_folder(out)
     runs = select_runs(load_runs(Path(args.runs_dir), args.final_fraction, args.normalisation), args.scenarios,
-                       args.methods)
+                       args.methods, args.seeds)
     out.mkdir(parents=True, exist_ok=True)
     methods = ordered_methods((r.method for r in runs), args.baseline)
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}

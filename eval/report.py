@@ -247,12 +247,15 @@ def report(runs: list[Run], args: Args, figures_link: str) -> list[str]:
     values = {id(r): run_values(r, args.final_fraction) for r in runs}
     methods = aggregate.ordered_methods((r.method for r in runs), args.baseline)
     scenarios = sorted({r.env for r in runs})
-    seeds = sorted({r.seed for r in runs})
-    lines = [f"{len(runs)} runs: {', '.join(methods)} on {', '.join(map(short_name, scenarios))}, seeds "
-             f"{', '.join(map(str, seeds))}. Each cell: IQM [95% stratified-bootstrap CI] over seeds (per scenario) "
+    per_method = "; ".join(f"{m} {len([r for r in runs if r.method == m])} (seeds "
+                           f"{', '.join(map(str, sorted({r.seed for r in runs if r.method == m})))})" for m in methods)
+    lines = [f"{len(runs)} runs on {', '.join(map(short_name, scenarios))}: {per_method}. Each cell: IQM [95% stratified-bootstrap CI] over seeds (per scenario) "
              f"or scenarios x seeds (across). p: two-sided, {args.reference} against the column's method: Welch's "
              f"t-test over seeds per scenario, a stratified permutation test of the mean difference across "
-             f"scenarios ({args.reps} permutations). Figures: `{figures_link}/`.", ""]
+             f"scenarios ({args.reps} permutations).", ""]
+    for name, part_scenarios, part_methods, part_seeds in figure_parts(args, runs):
+        lines += [f"Figures of {', '.join(part_methods)} on {', '.join(map(short_name, part_scenarios))}, seeds "
+                  f"{', '.join(map(str, part_seeds))} (eval/aggregate.py): `{figures_link}/{name}/`.", ""]
     budgets = {}
     for r in runs:
         budgets.setdefault(short_name(r.env), set()).add(r.total_timesteps)
@@ -298,21 +301,35 @@ def replace_block(text: str, block: list[str], results: str, readme: str) -> str
     return head + begin + "\n" + "\n".join(block) + "\n" + end + tail
 
 
-def draw_figures(args: Args, runs: list[Run], figures: Path) -> None:
-    """eval/aggregate.py's figures: all methods on the scenarios where every method ran, and the
-    reference with the baseline on every scenario."""
+def figure_parts(args: Args, runs: list[Run]) -> list[tuple[str, list[str], list[str], list[int]]]:
+    """(name, scenarios, methods, seeds) of each set of figures: all methods on the scenarios where every
+    method ran, and the reference with the baseline on every scenario where both ran; each over the seeds
+    that every method has on every scenario of the set (eval/aggregate.py needs equal seeds)."""
     methods = sorted({r.method for r in runs})
     scenarios = sorted({r.env for r in runs})
     shared = [env for env in scenarios if {r.method for r in runs if r.env == env} == set(methods)]
-    parts = [("all_methods", shared, None)]
-    if shared != scenarios:
-        parts.append((f"{args.reference}_vs_{args.baseline}", None, [args.baseline, args.reference]))
+    pair = [m for m in (args.baseline, args.reference) if m in methods]
+    paired = [env for env in scenarios if {r.method for r in runs if r.env == env} >= set(pair)]
+    parts = [("all_methods", shared, methods)]
+    if shared != paired and len(pair) == 2:
+        parts.append((f"{args.reference}_vs_{args.baseline}", paired, pair))
+    sets = []
     for name, part_scenarios, part_methods in parts:
+        seeds = set.intersection(*({r.seed for r in runs if r.env == env and r.method == m}
+                                   for env in part_scenarios for m in part_methods))
+        if part_scenarios and seeds:
+            sets.append((name, part_scenarios, part_methods, sorted(seeds)))
+    return sets
+
+
+def draw_figures(args: Args, runs: list[Run], figures: Path) -> None:
+    """eval/aggregate.py's figures for each set of figure_parts."""
+    for name, scenarios, methods, seeds in figure_parts(args, runs):
         print(f"figures of {name} -> {figures / name}", flush=True)
         aggregate.main(aggregate.Args(runs_dir=args.results, out=str(figures / name), reps=args.reps,
                                       baseline=args.baseline, reference=args.reference, seed=args.seed,
-                                      final_fraction=args.final_fraction, scenarios=part_scenarios,
-                                      methods=part_methods))
+                                      final_fraction=args.final_fraction, scenarios=scenarios,
+                                      methods=methods, seeds=seeds))
 
 
 def main(args: Args) -> None:

@@ -100,3 +100,16 @@ def test_permutation_test_and_power():
 def test_readme_results_are_the_reports_output():
     checked = run_report("results/paper", "--check", "README.md", cwd=ROOT)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_figures_of_a_study_in_progress_use_the_seeds_every_method_has(tmp_path):
+    import shutil
+
+    from eval.aggregate import load_runs
+
+    results = fake_study(tmp_path)
+    shutil.rmtree(results / "basic__camal__5")  # camal's seed 5 on basic still training
+    runs = load_runs(results)
+    parts = report.figure_parts(report.Args(results=str(results)), runs)
+    assert parts == [("all_methods", ["basic"], ["camal", "rrr", "vanilla"], [1, 2, 3, 4]),
+                     ("camal_vs_vanilla", ["basic", "defend_the_center"], ["vanilla", "camal"], [1, 2, 3, 4])]
