@@ -270,7 +270,7 @@ class Agent(nn.Module):
         return self.conv((pixels.float() / 255.0).contiguous(memory_format=torch.channels_last))
 
     def get_value(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.critic(self.head(self.features(pixels)))
+        return self.critic(self.head(self.features(pixels))).float()  # fp32 out of a --bf16 autocast
 
     def get_action_and_value(self, pixels: torch.Tensor, action: torch.Tensor | None = None):
         logits, value, _ = self.logits_value_features(pixels)
@@ -619,9 +619,8 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
             progress.update(args.batch_size)
 
             # bootstrap value if not done
-            with torch.no_grad():
-                with precision():
-                    next_value = agent.get_value(next_pixels).float().reshape(1, -1)
+            with torch.no_grad(), precision():  # autocast touches only the network's layers, not the GAE below
+                next_value = agent.get_value(next_pixels).reshape(1, -1)
                 advantages = torch.zeros_like(rewards)
                 lastgaelam = 0
                 for t in reversed(range(args.num_steps)):
