@@ -6,8 +6,9 @@ scenario's target objects (from the label buffer) for the newest frame. Observat
 
     {"pixels": uint8 (4, 84, 84), "mask": uint8 (84, 84)}   # mask: 1 = target pixel
 
-Learning uses a transformed reward; ``info["episode"]`` (RecordEpisodeStatistics, inside the
-transform) always holds the true episodic return.
+Learning uses a transformed reward (and, where the scenario's record says so, a bonus for health
+gained); ``info["episode"]`` (RecordEpisodeStatistics, inside both) always holds the true episodic
+return.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from gymnasium.wrappers import (
     TimeLimit,
     TransformReward,
 )
+from vizdoom import GameVariable
 from vizdoom.gymnasium_wrapper.gymnasium_env_defns import VizdoomScenarioEnv
 
 from envs.worker import prepare_worker
@@ -112,6 +114,32 @@ class WithNewestMask(gym.ObservationWrapper):
         return {"pixels": observation, "mask": mask.view(np.uint8)}
 
 
+class HealthGainBonus(gym.Wrapper):
+    """Adds ``bonus`` to the reward of each step in which the player's health rises (a medikit taken).
+
+    For scenarios whose only reward for a pickup is a longer life, which the agent sees only at its
+    death, many steps later (scenarios/table.py: health_gathering)."""
+
+    def __init__(self, env: gym.Env, bonus: float):
+        super().__init__(env)
+        self.bonus = bonus
+        self.health = 0.0
+
+    def reset(self, **kwargs):
+        observation, info = self.env.reset(**kwargs)
+        self.health = self.unwrapped.game.get_game_variable(GameVariable.HEALTH)
+        return observation, info
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        if not (terminated or truncated):  # at the end the engine's health is the dead player's
+            health = self.unwrapped.game.get_game_variable(GameVariable.HEALTH)
+            if health > self.health:
+                reward += self.bonus
+            self.health = health
+        return observation, reward, terminated, truncated, info
+
+
 def observation_space(size: int = FRAME_SIZE, stack: int = STACK_SIZE) -> gym.spaces.Dict:
     """The observation space of ``make_env``: stacked grey frames and the newest frame's mask."""
     return gym.spaces.Dict(
@@ -145,7 +173,9 @@ def make_env(
     env = GreyScreen(env)
     env = FrameStackObservation(env, STACK_SIZE)
     env = WithNewestMask(env, targets)
-    env = RecordEpisodeStatistics(env)  # true returns, before the reward transform
+    env = RecordEpisodeStatistics(env)  # true returns, before the bonus and the reward transform
+    if spec.health_gain_bonus:
+        env = HealthGainBonus(env, spec.health_gain_bonus)
     if reward_transform == "scale":
         env = TransformReward(env, lambda r, s=scale: r * s)
     elif reward_transform == "clip":

@@ -10,6 +10,7 @@ autoreset that returns the wrong frame all break the pixel-for-pixel equality.
 import cv2
 import numpy as np
 import pytest
+import vizdoom
 
 from envs.doom import (FRAME_SIZE, SCENARIOS, STACK_SIZE, make_doom_env, make_env,
                        make_vector_env)
@@ -191,6 +192,31 @@ def test_reward_transforms_keep_the_true_return_in_episode_statistics():
     np.testing.assert_allclose(clipped_rewards, np.clip(true_rewards, -1.0, 1.0))
     assert scaled_return == pytest.approx(true_return)
     assert clipped_return == pytest.approx(true_return)
+
+
+def test_health_gain_bonus_rewards_each_pickup_in_learning_and_never_in_the_true_return():
+    """health_gathering: +50 (before the scale) on each step health rises; info["episode"] stays true."""
+    bonus = SCENARIOS["health_gathering"].health_gain_bonus
+    assert bonus > 0
+    env = make_env("health_gathering", reward_transform="none")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    learning_return, pickups, step = 0.0, 0, 0
+    health = env.unwrapped.game.get_game_variable(vizdoom.GameVariable.HEALTH)
+    while True:
+        # mostly forward (action 3; 0 is no-op, 1 and 2 turn), so that the player runs over medikits
+        _, reward, terminated, truncated, info = env.step(3 if step % 4 else int(rng.integers(4)))
+        step += 1
+        learning_return += reward
+        if terminated or truncated:
+            break
+        new_health = env.unwrapped.game.get_game_variable(vizdoom.GameVariable.HEALTH)
+        pickups += new_health > health
+        health = new_health
+    env.close()
+    assert pickups >= 1, "the seeded episode should take at least one medikit"
+    assert learning_return == pytest.approx(info["episode"]["r"] + pickups * bonus)
+    assert all(not SCENARIOS[name].health_gain_bonus for name in ("basic", "defend_the_center", "defend_the_line"))
 
 
 def assert_one_line_listing(message: str, valid_names) -> None:
