@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from agents.attention import (MASK_SOURCES, attention_loss, has_target, linear_head_grad_cam, relevance_mass,
                               training_masks)
-from envs import REWARD_TRANSFORMS, check_scenario, make_vector_env, reward_scale_for
+from envs import REWARD_TRANSFORMS, check_scenario, make_env_groups, reward_scale_for
 from masks import mask_outline, targets_for
 from scenarios import is_config_path, short_name
 
@@ -67,6 +67,12 @@ class Args:
     bf16: bool = False
     """run the network's layers in bfloat16 (torch.autocast; weights, losses and the attention terms stay fp32):
     ~2.5x faster updates on CPUs with AMX or AVX512-BF16 and on GPUs, much slower on CPUs without (README: Speed)"""
+    env_groups: int = 2
+    """step the envs in this many groups, the policy acting on one group while the engines of the others run
+    (1: all envs at once, as CleanRL; README: Speed)"""
+    acting_threads: int | None = 1
+    """torch threads while acting on a few frames, leaving the other cores to the engines (None: torch's
+    default, which the update always uses)"""
     track: bool = False
     """also log to Weights and Biases (needs `pip install wandb`)"""
     wandb_project_name: str = "camal-vizdoom"
@@ -149,8 +155,9 @@ class Args:
 
 
 RUNTIME_FIELDS = ("method", "batch_size", "minibatch_size", "num_iterations")
-# flags that may differ on --resume: how long and where a run trains, not what it learns
-RESUME_CHANGEABLE = ("total_timesteps", "cuda", "track", "wandb_project_name", "wandb_entity")
+# flags that may differ on --resume: how long, where and how fast a run trains, not what it learns
+RESUME_CHANGEABLE = ("total_timesteps", "cuda", "track", "wandb_project_name", "wandb_entity", "env_groups",
+                     "acting_threads")
 # lambda of each attention loss when --camal-coef is not given: the largest value that did not slow
 # learning on basic in its sweep (README: choice of lambda, RRR sweep)
 DEFAULT_ATTENTION_COEF = {"none": 0.0, "camal": 0.1, "rrr": 0.01}
@@ -189,7 +196,7 @@ def check_args(args: Args) -> None:
     if args.reward_transform not in REWARD_TRANSFORMS:
         raise ValueError(f"unknown --reward-transform; valid: {', '.join(REWARD_TRANSFORMS)}")
     for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "save_every",
-                 "learning_rate", "clip_coef", "max_grad_norm"):
+                 "learning_rate", "clip_coef", "max_grad_norm", "env_groups"):
         if getattr(args, name) <= 0:
             raise ValueError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
     for name in ("image_every", "ent_coef", "vf_coef"):
@@ -198,6 +205,8 @@ def check_args(args: Args) -> None:
     for name in ("gamma", "gae_lambda"):
         if not 0 <= getattr(args, name) <= 1:
             raise ValueError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
+    if args.acting_threads is not None and args.acting_threads <= 0:
+        raise ValueError(f"--acting-threads must be > 0 (or None: torch's default), got {args.acting_threads}")
     if args.target_kl is not None and args.target_kl <= 0:
         raise ValueError(f"--target-kl must be > 0 (or omitted), got {args.target_kl}")
     batch_size = args.num_envs * args.num_steps
@@ -528,8 +537,9 @@ def main(args: Args) -> Path:
         device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
         # env setup
-        envs = make_vector_env(args.env, args.num_envs, targets=args.targets, reward_transform=args.reward_transform,
-                               reward_scale=args.reward_scale, video_dir=f"videos/{run_name}" if args.capture_video else None)
+        envs = make_env_groups(args.env, args.num_envs, args.env_groups, targets=args.targets,
+                               reward_transform=args.reward_transform, reward_scale=args.reward_scale,
+                               video_dir=f"videos/{run_name}" if args.capture_video else None)
     except BaseException:
         if not args.resume:  # the run never started
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -556,7 +566,8 @@ def main(args: Args) -> Path:
 def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dict | None) -> int | None:
     """Train from the start or from ``checkpoint``; returns the signal that stopped it, if one did."""
     agent = Agent(envs.single_action_space.n).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    # fused: one kernel for all parameters instead of a loop over them; same maths (README: Speed)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     begin = start_point(args, checkpoint, agent, optimizer)
     if checkpoint is not None:
         record_total_timesteps(args, run_dir, begin.iteration)
@@ -565,6 +576,7 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
         writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     mask_generator = torch.Generator(device=device).manual_seed(begin.mask_seed)
     precision = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    update_threads = torch.get_num_threads()
 
     # ALGO Logic: Storage setup
     obs_shape = envs.single_observation_space["pixels"].shape
@@ -595,27 +607,37 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
             if args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
-            for step in range(args.num_steps):
-                global_step += args.num_envs
-                pixels_buf[step] = next_pixels
-                masks_buf[step] = next_mask
-                dones[step] = next_done
-                with torch.no_grad(), precision():  # acting: a plain forward pass, no attention
-                    action, logprob, _, value = agent.get_action_and_value(next_pixels)
-                values[step] = value.flatten()
-                actions[step] = action
-                logprobs[step] = logprob
-
-                # TRY NOT TO MODIFY: execute the game and log data.
-                next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                rewards[step] = torch.as_tensor(reward, device=device).view(-1)
-                next_pixels = torch.as_tensor(next_obs["pixels"], device=device)
-                next_mask = torch.as_tensor(next_obs["mask"], device=device).bool()
-                next_done = torch.as_tensor(np.logical_or(terminations, truncations), device=device).float()
-                for episode_return, episode_length in finished_episodes(infos):
-                    recent_returns.append(episode_return)
-                    writer.add_scalar("charts/episodic_return", episode_return, global_step)
-                    writer.add_scalar("charts/episodic_length", episode_length, global_step)
+            # The envs step in groups (--env-groups): the policy acts on one group while the engines of
+            # the others run, and collects a group's step just before acting on it again.
+            torch.set_num_threads(args.acting_threads or update_threads)
+            for step in range(args.num_steps + 1):
+                for group, envs_in_group in enumerate(envs.slices):
+                    if step > 0:
+                        # TRY NOT TO MODIFY: execute the game and log data.
+                        next_obs, reward, terminations, truncations, infos = envs.step_wait(group)
+                        rewards[step - 1, envs_in_group] = torch.as_tensor(reward, device=device).view(-1)
+                        next_pixels[envs_in_group] = torch.as_tensor(next_obs["pixels"], device=device)
+                        next_mask[envs_in_group] = torch.as_tensor(next_obs["mask"], device=device).bool()
+                        next_done[envs_in_group] = torch.as_tensor(np.logical_or(terminations, truncations),
+                                                                   device=device).float()
+                        for episode_return, episode_length in finished_episodes(infos):
+                            recent_returns.append(episode_return)
+                            writer.add_scalar("charts/episodic_return", episode_return, global_step)
+                            writer.add_scalar("charts/episodic_length", episode_length, global_step)
+                    if step == args.num_steps:
+                        continue
+                    pixels_buf[step, envs_in_group] = next_pixels[envs_in_group]
+                    masks_buf[step, envs_in_group] = next_mask[envs_in_group]
+                    dones[step, envs_in_group] = next_done[envs_in_group]
+                    with torch.no_grad(), precision():  # acting: a plain forward pass, no attention
+                        action, logprob, _, value = agent.get_action_and_value(next_pixels[envs_in_group])
+                    values[step, envs_in_group] = value.flatten()
+                    actions[step, envs_in_group] = action
+                    logprobs[step, envs_in_group] = logprob
+                    envs.step_async(group, action.cpu().numpy())
+                if step < args.num_steps:
+                    global_step += args.num_envs
+            torch.set_num_threads(update_threads)
             progress.update(args.batch_size)
 
             # bootstrap value if not done

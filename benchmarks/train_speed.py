@@ -10,10 +10,13 @@
    (closed-form Grad-CAM, loss at the map's 7x7, `camal_loss_low_res`); `camal-upsampled` the
    closed-form map upsampled to 84x84 with `camal_loss`; `camal-autograd` that loss on autograd's
    double-backward map (`grad_cam(create_graph=True)`), the trainer's before the closed form;
-   `vanilla-nchw` the network in PyTorch's default memory layout (the trainer's before channels_last);
+   `vanilla-unfused` Adam looping over the parameters (the trainer's before `fused=True`); `vanilla-nchw` the
+   network in PyTorch's default memory layout (the trainer's before channels_last);
    `*-bf16` the trainer's --bf16 (layers in bfloat16 under torch.autocast), its GFLOP/s against a bf16 matmul;
-3. rollout only: steps/s of acting (the agent's forward pass + the 8-env vector env step), against
-   the raw engine (`DoomGame.make_action`, 8 processes, same cores; benchmarks/env_throughput.py);
+3. rollout only: steps/s of acting as the trainer does (the agent's forward pass + stepping 8 envs),
+   with the envs in 1 or 2 groups (--env-groups: acting on one group overlaps the other's engines)
+   and 1 or the default torch threads while acting (--acting-threads), against the raw engine
+   (`DoomGame.make_action`, 8 processes, same cores; benchmarks/env_throughput.py);
 4. end to end: SPS of `agents/ppo_camal.py` runs and of `benchmarks/sb3_ppo.py` (SB3 CnnPolicy, same
    env, network and flags) of a few iterations each, the setups interleaved in every repeat, in
    reverse order every other repeat, so that drift on a shared machine hits them alike (ours: the
@@ -40,17 +43,21 @@ from torch.distributions.categorical import Categorical
 from agents.attention import camal_loss, camal_loss_low_res, grad_cam, rrr_loss
 from agents.ppo_camal import Agent
 from env_throughput import raw_steps_per_second  # the sibling script (benchmarks/ is on sys.path)
-from envs import check_scenario, make_env, make_vector_env
+from envs import check_scenario, make_env, make_env_groups
 from envs.doom import FRAME_SIZE, STACK_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_FLAGS = {"vanilla": ["--attn-loss", "none"], "camal": ["--attn-loss", "camal"], "rrr": ["--attn-loss", "rrr"],
-                "vanilla-bf16": ["--attn-loss", "none", "--bf16"], "camal-bf16": ["--attn-loss", "camal", "--bf16"]}
+                "vanilla-bf16": ["--attn-loss", "none", "--bf16"], "camal-bf16": ["--attn-loss", "camal", "--bf16"],
+                "vanilla-unpiped": ["--attn-loss", "none", "--env-groups", "1", "--acting-threads", "None"]}
+"""-bf16: with --bf16; -unpiped: acting on all envs at once with torch's default threads (the trainer before
+--env-groups and --acting-threads)"""
 PEER = "sb3"
 FRAME_SHAPE = (STACK_SIZE, FRAME_SIZE, FRAME_SIZE)
-UPDATE_VARIANTS = ("vanilla", "camal", "vanilla-nchw", "vanilla-bf16", "camal-bf16", "camal-upsampled", "camal-autograd",
-                   "rrr")
-"""-nchw: the network in PyTorch's default layout (the trainer's before channels_last); -bf16: with --bf16"""
+UPDATE_VARIANTS = ("vanilla", "camal", "vanilla-unfused", "vanilla-nchw", "vanilla-bf16", "camal-bf16", "camal-upsampled",
+                   "camal-autograd", "rrr")
+"""-unfused: Adam's loop over the parameters (the trainer's before fused=True); -nchw: the network in PyTorch's
+default layout (the trainer's before channels_last); -bf16: with --bf16"""
 
 
 @dataclass
@@ -58,7 +65,8 @@ class Args:
     env: str = "basic"
     """scenario"""
     methods: list[str] = field(default_factory=lambda: ["vanilla", "camal", "rrr", PEER])
-    """setups to compare end to end: vanilla, camal, rrr (agents/ppo_camal.py) and sb3 (the peer)"""
+    """setups to compare end to end: vanilla, camal, rrr and the variants of METHOD_FLAGS (agents/ppo_camal.py),
+    and sb3 (the peer)"""
     minibatch_size: int = 256
     """minibatch of the update benchmark (CleanRL default with 8 envs x 128 steps / 4)"""
     updates: int = 20
@@ -145,8 +153,9 @@ def update_step(variant: str, pixels: torch.Tensor, masks: torch.Tensor, num_act
     torch.manual_seed(0)
     bf16 = variant.endswith("-bf16")
     agent = (NchwAgent if variant.endswith("-nchw") else Agent)(num_actions).to(device)
-    variant = variant.removesuffix("-bf16").removesuffix("-nchw")
-    optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5)
+    fused = not variant.endswith("-unfused")
+    variant = variant.removesuffix("-bf16").removesuffix("-nchw").removesuffix("-unfused")
+    optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5, fused=fused)
     pixels, masks = pixels.to(device), masks.to(device)
     actions = torch.randint(0, num_actions, (len(pixels),), device=device)
     advantages = torch.randn(len(pixels), device=device)
@@ -191,20 +200,49 @@ def time_round(steps: dict, updates: int) -> dict[str, float]:
     return seconds
 
 
-def rollout_sps(scenario: str, num_actions: int, vector_steps: int, device: torch.device, num_envs: int = 8) -> float:
-    """Acting as in training: uint8 frames to the agent, sample an action, step the vector env."""
-    agent = Agent(num_actions).to(device)
-    envs = make_vector_env(scenario, num_envs)
+ROLLOUT_SETUPS = {"1 group, default threads": (1, None), "1 group, 1 thread": (1, 1), "2 groups, 1 thread": (2, 1)}
+"""(--env-groups, --acting-threads) of the trainer: the first is its acting before pipelining, the last its default"""
+
+
+def rollout_sps(envs, agent: Agent, vector_steps: int, threads: int | None, device: torch.device) -> float:
+    """Acting as the trainer does (agents/ppo_camal.py): the policy acts on each group of envs in turn and
+    collects a group's step just before acting on it again."""
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
     try:
         obs, _ = envs.reset(seed=0)
+        pixels = torch.as_tensor(obs["pixels"], device=device)
         start = time.perf_counter()
-        for _ in range(vector_steps):
-            with torch.no_grad():
-                action, _, _, _ = agent.get_action_and_value(torch.as_tensor(obs["pixels"], device=device))
-            obs, *_ = envs.step(action.cpu().numpy())
-        return num_envs * vector_steps / (time.perf_counter() - start)
+        for step in range(vector_steps + 1):
+            for group, envs_in_group in enumerate(envs.slices):
+                if step > 0:
+                    obs, *_ = envs.step_wait(group)
+                    pixels[envs_in_group] = torch.as_tensor(obs["pixels"], device=device)
+                if step < vector_steps:
+                    with torch.no_grad():
+                        action, _, _, _ = agent.get_action_and_value(pixels[envs_in_group])
+                    envs.step_async(group, action.cpu().numpy())
+        return envs.num_envs * vector_steps / (time.perf_counter() - start)
     finally:
-        envs.close()
+        torch.set_num_threads(default_threads)
+
+
+def rollout_table(scenario: str, num_actions: int, vector_steps: int, repeats: int, device: torch.device,
+                  num_envs: int = 8) -> dict[str, float]:
+    """Median steps/s of each of ROLLOUT_SETUPS, interleaved round by round (engine start-up not timed)."""
+    agent = Agent(num_actions).to(device)
+    setups = {name: make_env_groups(scenario, num_envs, groups) for name, (groups, _) in ROLLOUT_SETUPS.items()}
+    try:
+        for name, envs in setups.items():  # warm-up
+            rollout_sps(envs, agent, 20, ROLLOUT_SETUPS[name][1], device)
+        rates: dict[str, list[float]] = {name: [] for name in setups}
+        for _ in range(repeats):
+            for name, envs in setups.items():
+                rates[name].append(rollout_sps(envs, agent, vector_steps, ROLLOUT_SETUPS[name][1], device))
+        return {name: statistics.median(values) for name, values in rates.items()}
+    finally:
+        for envs in setups.values():
+            envs.close()
 
 
 def end_to_end_sps(method: str, args: Args, runs_dir: Path) -> float:
@@ -283,15 +321,18 @@ def main(args: Args) -> None:
         # camal's closed-form map adds <1% to the count; the other variants' extra work is not counted
         gflops = flops / seconds / 1e9
         rate = ""
-        if variant in ("vanilla", "camal", "vanilla-nchw", "vanilla-bf16", "camal-bf16"):
+        if variant in ("vanilla", "camal", "vanilla-unfused", "vanilla-nchw", "vanilla-bf16", "camal-bf16"):
             rate = f"{gflops:8.1f} {gflops / (bf16_peak if variant.endswith('bf16') else peak):8.0%}"
         print(f"  {variant:15s} {seconds * 1000:8.1f} {seconds / base_update:10.2f} {rate}")
 
     if args.rollout_steps:
-        acting = rollout_sps(args.env, num_actions, args.rollout_steps, device)
+        acting = rollout_table(args.env, num_actions, args.rollout_steps, args.repeats, device)
         raw = raw_steps_per_second(args.env, 8, args.rollout_steps, seed=0, read_state=True)
-        print(f"\nrollout only (8 envs): {acting:.0f} steps/s; raw engine (8 processes, make_action + get_state): "
-              f"{raw:.0f} steps/s; ratio {acting / raw:.2f}", flush=True)
+        print(f"\nrollout only (8 envs, --env-groups / --acting-threads; median of {args.repeats} interleaved "
+              f"rounds): raw engine (8 processes, make_action + get_state) {raw:.0f} steps/s", flush=True)
+        first = next(iter(acting.values()))
+        for name, rate in acting.items():
+            print(f"  {name:26s} {rate:6.0f} steps/s  x{rate / first:.2f}  of raw {rate / raw:.2f}")
 
     if not args.end_to_end:
         return

@@ -183,6 +183,40 @@ def make_env(
     return env
 
 
+def env_thunks(
+    scenario: str,
+    num_envs: int,
+    targets: tuple[str, ...] | None = None,
+    reward_transform: str = "scale",
+    video_dir: str | None = None,
+    reward_scale: float | None = None,
+) -> list[Callable[[], gym.Env]]:
+    """The N env constructors of a vector env, validated here (not in N subprocesses); env 0 records
+    videos to ``video_dir`` if given."""
+    reward_scale = reward_scale_for(check_scenario(scenario), reward_transform, reward_scale)
+    targets = targets_for(scenario, targets)
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+    # each engine creates ./_vizdoom/ if missing; engines starting together can race on it and fail
+    os.makedirs("_vizdoom", exist_ok=True)
+    parent_pid = os.getpid()
+
+    def thunk(index: int) -> gym.Env:
+        if os.getpid() != parent_pid:  # in a worker (AsyncVectorEnv also makes env 0 here, for its spaces)
+            prepare_worker(parent_pid)
+        if video_dir is not None and index == 0:
+            env = make_env(scenario, targets, reward_transform, render_mode="rgb_array", reward_scale=reward_scale)
+            return RecordVideo(env, video_dir, disable_logger=True)
+        return make_env(scenario, targets, reward_transform, reward_scale=reward_scale)
+
+    return [functools.partial(thunk, i) for i in range(num_envs)]
+
+
+def async_vector_env(thunks: list[Callable[[], gym.Env]]) -> gym.vector.AsyncVectorEnv:
+    # fork: the thunks are closures, and the workers' parent is this process
+    return gym.vector.AsyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, context="fork")
+
+
 def make_vector_env(
     scenario: str,
     num_envs: int,
@@ -200,25 +234,67 @@ def make_vector_env(
     returned observation and mask are the new episode's first; the all-zero terminal observation is in
     ``info["final_obs"]`` and the episode statistics in ``info["final_info"]["episode"]``.
     """
-    # validate here, not in N subprocesses
-    reward_scale = reward_scale_for(check_scenario(scenario), reward_transform, reward_scale)
-    targets = targets_for(scenario, targets)
-    if num_envs < 1:
-        raise ValueError(f"num_envs must be at least 1, got {num_envs}")
-    # each engine creates ./_vizdoom/ if missing; engines starting together can race on it and fail
-    os.makedirs("_vizdoom", exist_ok=True)
-    parent_pid = os.getpid()
-
-    def thunk(index: int) -> gym.Env:
-        if os.getpid() != parent_pid:  # in a worker (AsyncVectorEnv also makes env 0 here, for its spaces)
-            prepare_worker(parent_pid)
-        if video_dir is not None and index == 0:
-            env = make_env(scenario, targets, reward_transform, render_mode="rgb_array", reward_scale=reward_scale)
-            return RecordVideo(env, video_dir, disable_logger=True)
-        return make_env(scenario, targets, reward_transform, reward_scale=reward_scale)
-
-    thunks: list[Callable[[], gym.Env]] = [functools.partial(thunk, i) for i in range(num_envs)]
+    thunks = env_thunks(scenario, num_envs, targets, reward_transform, video_dir, reward_scale)
     if not asynchronous:
         return gym.vector.SyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    # fork: the thunks are closures, and the workers' parent is this process
-    return gym.vector.AsyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, context="fork")
+    return async_vector_env(thunks)
+
+
+class EnvGroups:
+    """N environments in G groups, each an AsyncVectorEnv of its own, stepped one group at a time, so
+    that the policy acts on one group while the engines of the others step (on two cores, the forward
+    pass and the engines run at once; README: Speed). Env i is env i of ``make_vector_env``: same
+    seeds (``reset(seed)`` gives env i seed + i), same autoreset and infos, per group.
+
+    The trainer acts on group g's observations, sends its actions with ``step_async(g, actions)``,
+    goes on to the next group, and collects g's results with ``step_wait(g)`` just before acting on
+    g again. ``slices[g]``: the envs of group g in the batch.
+    """
+
+    def __init__(self, thunks: list[Callable[[], gym.Env]], groups: int):
+        if groups < 1:
+            raise ValueError(f"the number of env groups must be at least 1, got {groups}")
+        self.num_envs = len(thunks)
+        groups = min(groups, self.num_envs)
+        bounds = [self.num_envs * g // groups for g in range(groups + 1)]
+        self.slices = [slice(begin, end) for begin, end in zip(bounds, bounds[1:])]
+        self.groups: list[gym.vector.AsyncVectorEnv] = []
+        try:
+            for envs in self.slices:
+                self.groups.append(async_vector_env(thunks[envs]))
+        except BaseException:
+            self.close()
+            raise
+        self.single_observation_space = self.groups[0].single_observation_space
+        self.single_action_space = self.groups[0].single_action_space
+
+    def reset(self, seed: int | None = None) -> tuple[dict, list[dict]]:
+        """The first observations of all N envs (a dict of batched arrays) and each group's infos."""
+        results = [group.reset(seed=None if seed is None else seed + envs.start)
+                   for group, envs in zip(self.groups, self.slices)]
+        observations = {key: np.concatenate([obs[key] for obs, _ in results]) for key in results[0][0]}
+        return observations, [info for _, info in results]
+
+    def step_async(self, group: int, actions: np.ndarray) -> None:
+        self.groups[group].step_async(actions)
+
+    def step_wait(self, group: int):
+        """(observations, rewards, terminations, truncations, infos) of group ``group``'s envs."""
+        return self.groups[group].step_wait()
+
+    def close(self) -> None:
+        for group in self.groups:
+            group.close()
+
+
+def make_env_groups(
+    scenario: str,
+    num_envs: int,
+    groups: int,
+    targets: tuple[str, ...] | None = None,
+    reward_transform: str = "scale",
+    video_dir: str | None = None,
+    reward_scale: float | None = None,
+) -> EnvGroups:
+    """``make_vector_env``'s N environments in ``groups`` groups (at most N) for pipelined acting."""
+    return EnvGroups(env_thunks(scenario, num_envs, targets, reward_transform, video_dir, reward_scale), groups)

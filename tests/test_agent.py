@@ -231,3 +231,17 @@ def test_bf16_run_trains_with_finite_losses(tmp_path, attn_loss):
     for tag in ("losses/policy_loss", "losses/value_loss", f"losses/{attn_loss}_loss"):
         values = [value for _, value in scalars(run_dir, tag)]
         assert values and all(math.isfinite(v) for v in values), tag
+
+
+def test_env_groups_and_acting_threads_change_nothing_learned(tmp_path):
+    """Acting on the envs in two groups with one thread (the default) trains exactly what acting on all
+    envs at once with torch's default threads (the trainer before --env-groups) trains: same seed, same
+    episodes and, within float tolerance (other batch sizes and threads sum in another order), losses."""
+    common = ["--env", "basic", "--seed", "5", "--total-timesteps", "512", "--no-cuda", "--attn-loss", "none",
+              "--num-envs", "4", "--num-steps", "64", "--num-minibatches", "2", "--update-epochs", "1"]
+    together = train(tmp_path, *common, "--env-groups", "1", "--acting-threads", "None")
+    grouped = train(tmp_path, *common, "--env-groups", "2", "--acting-threads", "1")
+    assert scalars(together, "charts/episodic_return"), "the runs should finish episodes"
+    for tag in ("charts/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/entropy"):
+        (steps_a, values_a), (steps_b, values_b) = zip(*scalars(together, tag)), zip(*scalars(grouped, tag))
+        assert steps_b == steps_a and values_b == pytest.approx(values_a, rel=1e-4, abs=1e-6), tag

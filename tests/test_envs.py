@@ -13,7 +13,7 @@ import pytest
 import vizdoom
 
 from envs.doom import (FRAME_SIZE, SCENARIOS, STACK_SIZE, make_doom_env, make_env,
-                       make_vector_env)
+                       make_env_groups, make_vector_env)
 from masks.labels import KNOWN_OBJECTS, NEVER_TARGETS, resize_mask
 
 SEED = 7
@@ -258,3 +258,38 @@ def test_deathmatch_is_refused_with_the_reason():
 def test_unknown_reward_transform_is_refused():
     with pytest.raises(ValueError, match="scale"):
         make_env("basic", reward_transform="normalise")
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+def test_env_groups_step_exactly_like_one_vector_env(groups):
+    """Stepping N envs group by group (the trainer's pipelined acting) changes nothing they return."""
+    num_envs, steps = 5, 60
+    actions = np.random.default_rng(0).integers(0, 4, size=(steps, num_envs))
+    vector = make_vector_env("basic", num_envs)
+    grouped = make_env_groups("basic", num_envs, groups)
+    try:
+        assert [s.stop - s.start for s in grouped.slices] in ([5], [2, 3], [1, 2, 2])
+        expected, _ = vector.reset(seed=7)
+        observed, _ = grouped.reset(seed=7)
+        episodes_ended = 0
+        for step in range(steps):
+            for key in ("pixels", "mask"):
+                np.testing.assert_array_equal(observed[key], expected[key], err_msg=f"{key} at step {step}")
+            expected, reward, terminated, truncated, infos = vector.step(actions[step])
+            for group, envs in enumerate(grouped.slices):  # all sent first, then collected, as the trainer does
+                grouped.step_async(group, actions[step, envs])
+            results = [grouped.step_wait(group) for group in range(len(grouped.slices))]
+            observed = {key: np.concatenate([obs[key] for obs, *_ in results]) for key in expected}
+            np.testing.assert_array_equal(np.concatenate([r for _, r, *_ in results]), reward)
+            np.testing.assert_array_equal(np.concatenate([t for _, _, t, *_ in results]), terminated)
+            np.testing.assert_array_equal(np.concatenate([t for *_, t, _ in results]), truncated)
+            episodes_ended += int(terminated.sum())
+        assert episodes_ended > 0, "the steps should cover an autoreset"
+    finally:
+        vector.close()
+        grouped.close()
+
+
+def test_env_groups_are_refused_below_one():
+    with pytest.raises(ValueError, match="at least 1"):
+        make_env_groups("basic", 2, 0)
