@@ -461,3 +461,14 @@ def test_new_only_exports_the_finished_evaluated_runs_without_a_record(tmp_path,
     record_main(RecordArgs(runs=runs, study="s", results_dir=str(results), new_only=True))
     assert (results / "s" / done.name / "returns.csv").read_text() == "step,return\n1,2\n"
     assert "has a record" in capsys.readouterr().out
+
+
+def test_steps_to_a_return_is_the_first_step_where_the_moving_mean_reaches_it():
+    from eval.reach import first_step_reaching
+
+    steps = np.array([10, 20, 30, 40, 50])
+    returns = np.array([0.0, 10.0, 20.0, 30.0, 40.0])
+    assert first_step_reaching(steps, returns, 15.0, window=2) == 30  # mean(10, 20) = 15 at the 3rd episode
+    assert first_step_reaching(steps, returns, 35.0, window=2) == 50
+    assert first_step_reaching(steps, returns, 36.0, window=2) is None
+    assert first_step_reaching(steps[:1], returns[:1], 0.0, window=2) is None  # fewer episodes than the window
