@@ -118,7 +118,8 @@ def camal_loss_low_res(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     rows = upsampling_matrix(cams.shape[1], height, cams)
     cols = upsampling_matrix(cams.shape[2], width, cams)
     with torch.no_grad():
-        peak_pixel = (rows @ cams @ cols.T).flatten(1).argmax(dim=1)
+        # max(dim).indices: the same first maximum as argmax, 4-10x faster on the CPU (benchmarks/train_speed.py)
+        peak_pixel = (rows @ cams @ cols.T).flatten(1).max(dim=1).indices
     peak = torch.einsum("bi,bij,bj->b", rows[peak_pixel // width], cams, cols[peak_pixel % width])
     scale = peak + 1e-8  # as in normalise_maps
     on_mask = (cams * (rows.T @ masks @ cols)).sum(dim=(1, 2))
