@@ -82,6 +82,8 @@ class Args:
     """run only the study's runs of these scenarios, e.g. --scenarios basic (None: all of them)"""
     methods: list[str] | None = None
     """run only the study's runs of these methods, e.g. --methods vanilla camal (None: all of them)"""
+    seeds: list[int] | None = None
+    """run only the study's runs of these seeds, e.g. --seeds 1 (None: all of them)"""
     dry_run: bool = False
     """list the runs and their state (done / partial / new) and exit, without Ray"""
 
@@ -257,20 +259,23 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
     return Study(name, list(runs.values()), float(cpus), float(gpus))
 
 
-def select_runs(study: Study, scenarios: list[str] | None, methods: list[str] | None) -> Study:
+def select_runs(study: Study, scenarios: list[str] | None, methods: list[str] | None,
+                seeds: list[int] | None = None) -> Study:
     """The part of a study to run now; its runs keep their names, so the whole study later skips them."""
     chosen = study.runs
-    for wanted, kind, of_run in ((scenarios, "scenario", lambda r: r.env), (methods, "method", lambda r: r.method)):
+    for wanted, kind, of_run in ((scenarios, "scenario", lambda r: r.env), (methods, "method", lambda r: r.method),
+                                 (seeds, "seed", lambda r: r.seed)):
         if wanted is None:
             continue
         known = list(dict.fromkeys(of_run(r) for r in study.runs))
         missing = [w for w in wanted if w not in known]
         if missing or not wanted:
             raise StudyError(f"the study has no {kind} {missing[0] if missing else '(none given)'!r}; "
-                             f"its {kind}s: {', '.join(known)}")
+                             f"its {kind}s: {', '.join(map(str, known))}")
         chosen = [r for r in chosen if of_run(r) in wanted]
     if not chosen:
-        raise StudyError("no run of the study has one of the --scenarios and one of the --methods given")
+        raise StudyError("no run of the study has one of the --scenarios, one of the --methods and one of the "
+                         "--seeds given")
     return dataclasses.replace(study, runs=chosen)
 
 
@@ -599,7 +604,8 @@ def interrupt(signum, frame):
 
 def main(args: Args) -> None:
     try:
-        study = select_runs(load_study(args.study, args.cpus_per_run, args.gpus_per_run), args.scenarios, args.methods)
+        study = select_runs(load_study(args.study, args.cpus_per_run, args.gpus_per_run), args.scenarios, args.methods,
+                             args.seeds)
         if args.max_retries < 0 or args.refresh <= 0:
             raise StudyError("--max-retries must be >= 0 and --refresh > 0")
         if args.num_cpus is not None and args.num_cpus < 1:

@@ -185,10 +185,14 @@ def test_part_of_a_study_runs_under_the_names_of_the_whole():
     part = study.select_runs(paper, ["basic"], ["vanilla", "rrr"])
     assert {(r.env, r.method) for r in part.runs} == {("basic", "vanilla"), ("basic", "rrr")}
     assert part.name == paper.name and all(r in paper.runs for r in part.runs)
-    for scenarios, methods, expected in ((["bsic"], None, "no scenario 'bsic'; its scenarios: basic,"),
-                                         (["defend_the_line"], ["rrr"], "no run of the study has one of")):
+    one = study.select_runs(paper, ["defend_the_center"], ["vanilla"], [1])
+    assert [(r.env, r.method, r.seed) for r in one.runs] == [("defend_the_center", "vanilla", 1)]
+    for scenarios, methods, seeds, expected in (
+            (["bsic"], None, None, "no scenario 'bsic'; its scenarios: basic,"),
+            (["defend_the_line"], ["rrr"], None, "no run of the study has one of"),
+            (None, None, [9], "no seed 9; its seeds: 1, 2, 3, 4, 5")):
         with pytest.raises(study.StudyError, match=expected):
-            study.select_runs(paper, scenarios, methods)
+            study.select_runs(paper, scenarios, methods, seeds)
 
 
 def free_port() -> int:
