@@ -68,6 +68,23 @@ def upsampling_matrix(source: int, target: int, like: torch.Tensor) -> torch.Ten
     return F.interpolate(identity, size=target, mode="linear", align_corners=False)[0].T
 
 
+def peak_samples(source: int, target: int, like: torch.Tensor) -> torch.Tensor:
+    """The output indices of a 1-D linear upsampling (``upsampling_matrix``) where its maximum can be.
+
+    Between two neighbouring source pixels (and beyond the outer ones, where the source coordinate is
+    clamped) the upsampled values are a linear function of the output index, so the largest is at the
+    first or last output index of each such piece: for 7 -> 84, 14 of the 84. Applied to the rows and
+    the columns, the maximum of a bilinearly upsampled map is on these 14 x 14 pixels.
+    """
+    position = ((torch.arange(target, device=like.device) + 0.5) * source / target - 0.5).clamp(min=0)
+    piece = position.floor().clamp(max=source - 1)
+    starts = torch.ones(target, dtype=torch.bool, device=like.device)
+    starts[1:] = piece[1:] != piece[:-1]
+    ends = torch.ones(target, dtype=torch.bool, device=like.device)
+    ends[:-1] = piece[:-1] != piece[1:]
+    return torch.nonzero(starts | ends).flatten()
+
+
 def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     """``N = M / (max M + 1e-8)`` per map, in [0, 1]; an all-zero map stays zero."""
     peak = maps.flatten(1).amax(dim=1).view(-1, 1, 1)
@@ -107,8 +124,10 @@ def camal_loss_low_res(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     to the masks' (B, H, W), computed without the upsampled maps' backward.
 
     The upsampling is linear and separable, ``up = R M C^T``, so the attention on and off the mask are
-    ``<M, R^T G C>`` and ``<M, R^T 1 C> - <M, R^T G C>``; only the peak ``max up`` needs the full map,
-    and its gradient is that of the peak pixel, ``R[y] M C[x]^T``. Equal up to float rounding.
+    ``<M, R^T G C>`` and ``<M, R^T 1 C> - <M, R^T G C>``; the peak ``max up`` is on one of the pixels
+    where a bilinear upsampling can peak (``peak_samples``: 14 x 14 of 84 x 84), and its gradient is
+    that of the peak pixel, ``R[y] M C[x]^T``. Equal up to float rounding (where several pixels tie
+    for the peak, the gradient is that of the first candidate, not split among them as ``amax``'s).
     """
     valid = has_target(masks)
     if not valid.any():
@@ -117,10 +136,12 @@ def camal_loss_low_res(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     height, width = masks.shape[1:]
     rows = upsampling_matrix(cams.shape[1], height, cams)
     cols = upsampling_matrix(cams.shape[2], width, cams)
-    with torch.no_grad():
-        # max(dim).indices: the same first maximum as argmax, 4-10x faster on the CPU (benchmarks/train_speed.py)
-        peak_pixel = (rows @ cams @ cols.T).flatten(1).max(dim=1).indices
-    peak = torch.einsum("bi,bij,bj->b", rows[peak_pixel // width], cams, cols[peak_pixel % width])
+    with torch.no_grad():  # the peak pixel, on the candidate rows and columns only (peak_samples)
+        peak_rows, peak_cols = peak_samples(cams.shape[1], height, cams), peak_samples(cams.shape[2], width, cams)
+        # max(dim).indices: the first maximum, as argmax, but 4-10x faster on the CPU
+        peak_pixel = (rows[peak_rows] @ cams @ cols[peak_cols].T).flatten(1).max(dim=1).indices
+        peak_y, peak_x = peak_rows[peak_pixel // len(peak_cols)], peak_cols[peak_pixel % len(peak_cols)]
+    peak = torch.einsum("bi,bij,bj->b", rows[peak_y], cams, cols[peak_x])
     scale = peak + 1e-8  # as in normalise_maps
     on_mask = (cams * (rows.T @ masks @ cols)).sum(dim=(1, 2))
     total = (cams * torch.outer(rows.sum(dim=0), cols.sum(dim=0))).sum(dim=(1, 2))

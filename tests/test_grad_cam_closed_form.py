@@ -4,7 +4,8 @@ the autograd Grad-CAM and the loss on the upsampled map: values and gradients.""
 import pytest
 import torch
 
-from agents.attention import camal_loss, camal_loss_low_res, grad_cam, linear_head_grad_cam
+from agents.attention import (camal_loss, camal_loss_low_res, grad_cam, linear_head_grad_cam, peak_samples,
+                              upsampling_matrix)
 from agents.ppo_camal import Agent
 
 
@@ -79,3 +80,15 @@ def test_low_res_loss_without_targets_is_zero_with_finite_gradients():
     loss.backward()
     assert loss.item() == 0.0
     assert all(torch.isfinite(p.grad).all() for p in agent.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("source, target", [(7, 84), (5, 60), (7, 83), (3, 10), (7, 7)])
+def test_a_bilinear_upsampling_peaks_on_its_candidate_pixels(source, target):
+    """The maximum of R M C^T over all pixels equals its maximum over peak_samples' rows and columns."""
+    maps = torch.randn(500, source, source, generator=torch.Generator().manual_seed(source * target)).relu()
+    matrix = upsampling_matrix(source, target, maps)
+    candidates = peak_samples(source, target, maps)
+    assert len(candidates) <= min(target, 2 * source)
+    full = (matrix @ maps @ matrix.T).flatten(1).amax(dim=1)
+    on_candidates = (matrix[candidates] @ maps @ matrix[candidates].T).flatten(1).amax(dim=1)
+    torch.testing.assert_close(on_candidates, full, rtol=0, atol=1e-6)
