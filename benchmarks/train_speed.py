@@ -49,9 +49,12 @@ from envs.doom import FRAME_SIZE, STACK_SIZE
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_FLAGS = {"vanilla": ["--attn-loss", "none"], "camal": ["--attn-loss", "camal"], "rrr": ["--attn-loss", "rrr"],
                 "vanilla-bf16": ["--attn-loss", "none", "--bf16"], "camal-bf16": ["--attn-loss", "camal", "--bf16"],
-                "vanilla-unpiped": ["--attn-loss", "none", "--env-groups", "1", "--acting-threads", "None"]}
+                "vanilla-unpiped": ["--attn-loss", "none", "--env-groups", "1", "--acting-threads", "None"],
+                "camal-zero": ["--attn-loss", "camal", "--camal-coef", "0"]}
 """-bf16: with --bf16; -unpiped: acting on all envs at once with torch's default threads (the trainer before
---env-groups and --acting-threads)"""
+--env-groups and --acting-threads); camal-zero: CAMAL's whole computation with lambda 0, which plays exactly
+vanilla's episodes, so its ratio to vanilla is CAMAL's compute alone (a run that learns differently also
+plays different episodes, e.g. shorter ones with more engine resets, at another speed)"""
 PEER = "sb3"
 FRAME_SHAPE = (STACK_SIZE, FRAME_SIZE, FRAME_SIZE)
 UPDATE_VARIANTS = ("vanilla", "camal", "vanilla-unfused", "vanilla-nchw", "vanilla-bf16", "camal-bf16", "camal-upsampled",
