@@ -6,6 +6,8 @@ Shapes: features A (B, K, h, w), logits (B, num_actions), masks G (B, H, W) in {
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -119,7 +121,33 @@ def camal_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return (beta - alpha).mean()
 
 
-def camal_loss_low_res(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class ProjectedMasks:
+    """Masks (B, H, W) as ``camal_loss_low_res`` sees them through the upsampling of (h, w) maps.
+
+    ``on_map = R^T G C`` (B, h, w) weighs each map pixel by the mask pixels it reaches once upsampled;
+    ``inside`` (B,) counts the target pixels; ``size`` is (H, W). ``projected[indices]`` selects frames.
+    """
+
+    on_map: torch.Tensor
+    inside: torch.Tensor
+    size: tuple[int, int]
+
+    def __getitem__(self, indices) -> ProjectedMasks:
+        return ProjectedMasks(self.on_map[indices], self.inside[indices], self.size)
+
+
+def project_masks(masks: torch.Tensor, map_size: tuple[int, int]) -> ProjectedMasks:
+    """The part of ``camal_loss_low_res`` that depends on the masks alone: the trainer computes it once per
+    rollout, since the masks stay the same over its epochs and minibatches."""
+    height, width = masks.shape[1:]
+    like = torch.empty(0, device=masks.device)
+    rows, cols = upsampling_matrix(map_size[0], height, like), upsampling_matrix(map_size[1], width, like)
+    masks = masks.to(like.dtype)
+    return ProjectedMasks(rows.T @ (masks @ cols), masks.sum(dim=(1, 2)), (height, width))
+
+
+def camal_loss_low_res(cams: torch.Tensor, masks: torch.Tensor | ProjectedMasks) -> torch.Tensor:
     """``camal_loss(upsampled cams, masks)`` for Grad-CAM maps (B, h, w) before their bilinear upsampling
     to the masks' (B, H, W), computed without the upsampled maps' backward.
 
@@ -128,12 +156,12 @@ def camal_loss_low_res(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     where a bilinear upsampling can peak (``peak_samples``: 14 x 14 of 84 x 84), and its gradient is
     that of the peak pixel, ``R[y] M C[x]^T``. Equal up to float rounding (where several pixels tie
     for the peak, the gradient is that of the first candidate, not split among them as ``amax``'s).
+    ``masks`` may be given as ``project_masks(masks, (h, w))``. Frames without a target weigh 0 in the
+    mean (no boolean indexing, no host sync); with none at all the loss is 0 with zero gradients.
     """
-    valid = has_target(masks)
-    if not valid.any():
-        return cams.sum() * 0.0
-    cams, masks = cams[valid], masks[valid].to(cams.dtype)
-    height, width = masks.shape[1:]
+    if isinstance(masks, torch.Tensor):
+        masks = project_masks(masks, cams.shape[1:])
+    height, width = masks.size
     rows = upsampling_matrix(cams.shape[1], height, cams)
     cols = upsampling_matrix(cams.shape[2], width, cams)
     with torch.no_grad():  # the peak pixel, on the candidate rows and columns only (peak_samples)
@@ -143,12 +171,12 @@ def camal_loss_low_res(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         peak_y, peak_x = peak_rows[peak_pixel // len(peak_cols)], peak_cols[peak_pixel % len(peak_cols)]
     peak = torch.einsum("bi,bij,bj->b", rows[peak_y], cams, cols[peak_x])
     scale = peak + 1e-8  # as in normalise_maps
-    on_mask = (cams * (rows.T @ masks @ cols)).sum(dim=(1, 2))
+    on_mask = (cams * masks.on_map).sum(dim=(1, 2))
     total = (cams * torch.outer(rows.sum(dim=0), cols.sum(dim=0))).sum(dim=(1, 2))
-    inside = masks.sum(dim=(1, 2))
-    alpha = on_mask / scale / inside.clamp(min=1.0)
-    beta = (total - on_mask) / scale / (height * width - inside).clamp(min=1.0)
-    return (beta - alpha).mean()
+    alpha = on_mask / scale / masks.inside.clamp(min=1.0)
+    beta = (total - on_mask) / scale / (height * width - masks.inside).clamp(min=1.0)
+    valid = (masks.inside > 0).to(cams.dtype)
+    return ((beta - alpha) * valid).sum() / valid.sum().clamp(min=1.0)
 
 
 def rrr_loss(inputs: torch.Tensor, log_probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -219,14 +247,15 @@ def training_masks(masks: torch.Tensor, source: str, generator: torch.Generator 
 
 def attention_loss(
     kind: str,
-    masks: torch.Tensor,
+    masks: torch.Tensor | ProjectedMasks,
     cams: torch.Tensor | None = None,
     inputs: torch.Tensor | None = None,
     log_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The attention loss of a minibatch, before its coefficient lambda: ``camal`` on ``cams``, the
     differentiable Grad-CAM maps of the taken actions at the conv layer's resolution (B, h, w)
-    (``linear_head_grad_cam`` without a size; see ``camal_loss_low_res``), or ``rrr`` on the input
+    (``linear_head_grad_cam`` without a size; see ``camal_loss_low_res``, which also takes the masks as
+    ``project_masks`` gives them), or ``rrr`` on the input
     gradient of ``log_probs`` (``inputs`` must require grad and be what ``log_probs`` was computed from)."""
     if kind == "camal":
         return camal_loss_low_res(cams, masks)

@@ -41,8 +41,8 @@ from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents.attention import (MASK_SOURCES, attention_loss, has_target, linear_head_grad_cam, relevance_mass,
-                              training_masks)
+from agents.attention import (MASK_SOURCES, attention_loss, has_target, linear_head_grad_cam, project_masks,
+                              relevance_mass, training_masks)
 from envs import REWARD_TRANSFORMS, check_scenario, make_env_groups, reward_scale_for
 from masks import mask_outline, targets_for
 from scenarios import is_config_path, short_name
@@ -259,6 +259,8 @@ def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.
 class Agent(nn.Module):
     """Nature CNN; ``conv`` ends in the last convolutional layer, whose output Grad-CAM explains."""
 
+    MAP_SIZE = (7, 7)  # (h, w) of that output for 84x84 frames: the resolution of the Grad-CAM maps
+
     def __init__(self, num_actions: int, frames: int = 4):
         super().__init__()
         self.conv = nn.Sequential(
@@ -269,7 +271,7 @@ class Agent(nn.Module):
             layer_init(nn.Conv2d(64, 64, 3, stride=1)),
             nn.ReLU(),
         )
-        self.head = nn.Sequential(nn.Flatten(), layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), layer_init(nn.Linear(64 * self.MAP_SIZE[0] * self.MAP_SIZE[1], 512)), nn.ReLU())
         self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
         self.critic = layer_init(nn.Linear(512, 1), std=1)
         self.to(memory_format=torch.channels_last)  # oneDNN's and cuDNN's fast layout: 1.5x faster updates here
@@ -668,6 +670,10 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
                 target_seen = warn_if_no_target(args, b_masks, iteration - begin.iteration,
                                                 args.num_iterations - begin.iteration)
 
+            # CAMAL: the true masks as its loss sees them, once per rollout (they stay the same over the epochs)
+            b_projected = (project_masks(b_masks, Agent.MAP_SIZE)
+                           if args.attn_loss == "camal" and args.mask_source == "labels" else None)
+
             # Optimizing the policy and value network
             b_inds = np.arange(args.batch_size)
             clipfracs, attn_losses = [], []
@@ -722,7 +728,10 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
 
                     # ---------------- CAMAL: attention loss on this minibatch ----------------
                     if args.attn_loss != "none":
-                        mb_masks = training_masks(b_masks[mb_inds], args.mask_source, mask_generator)
+                        if b_projected is not None:
+                            mb_masks = b_projected[mb_inds]
+                        else:  # RRR's pixel masks, or a control's masks drawn anew for every minibatch
+                            mb_masks = training_masks(b_masks[mb_inds], args.mask_source, mask_generator)
                         cams = agent.grad_cam(features, hidden, b_actions[mb_inds]) if args.attn_loss == "camal" else None
                         attn_loss = attention_loss(args.attn_loss, mb_masks, cams=cams, inputs=mb_unit_pixels,
                                                    log_probs=newlogprob)

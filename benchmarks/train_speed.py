@@ -7,7 +7,8 @@
 2. update cost: seconds per PPO minibatch update (forward, loss, backward, Adam step) on a fixed
    batch of real frames, for each attention loss, and the achieved GFLOP/s (the Nature CNN's
    forward + backward FLOPs, counted from its layers) against the peak. `camal` is the trainer's
-   (closed-form Grad-CAM, loss at the map's 7x7, `camal_loss_low_res`); `camal-upsampled` the
+   (closed-form Grad-CAM, loss at the map's 7x7, `camal_loss_low_res` on masks projected once per
+   rollout); `camal-masks-per-mb` projects them in every minibatch (the trainer's before); `camal-upsampled` the
    closed-form map upsampled to 84x84 with `camal_loss`; `camal-autograd` that loss on autograd's
    double-backward map (`grad_cam(create_graph=True)`), the trainer's before the closed form;
    `vanilla-unfused` Adam looping over the parameters (the trainer's before `fused=True`); `vanilla-nchw` the
@@ -40,7 +41,7 @@ import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.distributions.categorical import Categorical
 
-from agents.attention import camal_loss, camal_loss_low_res, grad_cam, rrr_loss
+from agents.attention import camal_loss, camal_loss_low_res, grad_cam, project_masks, rrr_loss
 from agents.ppo_camal import Agent
 from env_throughput import raw_steps_per_second  # the sibling script (benchmarks/ is on sys.path)
 from envs import check_scenario, make_env, make_env_groups
@@ -57,10 +58,12 @@ vanilla's episodes, so its ratio to vanilla is CAMAL's compute alone (a run that
 plays different episodes, e.g. shorter ones with more engine resets, at another speed)"""
 PEER = "sb3"
 FRAME_SHAPE = (STACK_SIZE, FRAME_SIZE, FRAME_SIZE)
-UPDATE_VARIANTS = ("vanilla", "camal", "vanilla-unfused", "vanilla-nchw", "vanilla-bf16", "camal-bf16", "camal-upsampled",
-                   "camal-autograd", "rrr")
-"""-unfused: Adam's loop over the parameters (the trainer's before fused=True); -nchw: the network in PyTorch's
-default layout (the trainer's before channels_last); -bf16: with --bf16"""
+UPDATE_VARIANTS = ("vanilla", "camal", "camal-masks-per-mb", "vanilla-unfused", "vanilla-nchw", "vanilla-bf16",
+                   "camal-bf16", "camal-upsampled", "camal-autograd", "rrr")
+"""camal: its masks projected once per rollout (project_masks), outside the timed update, as the trainer
+does; camal-masks-per-mb: projected in every minibatch (the trainer's before); -unfused: Adam's loop over the
+parameters (the trainer's before fused=True); -nchw: the network in PyTorch's default layout (the trainer's
+before channels_last); -bf16: with --bf16"""
 
 
 @dataclass
@@ -75,7 +78,9 @@ class Args:
     updates: int = 20
     """timed minibatch updates per update variant (split over the repeats)"""
     iterations: int = 4
-    """PPO iterations (8 envs x 128 steps each) per end-to-end run"""
+    """PPO iterations (--num-envs envs x 128 steps each) per end-to-end run"""
+    num_envs: int = 8
+    """envs of each end-to-end run, ours and the peer's (the trainers' --num-envs; e.g. 16-64 on a GPU machine)"""
     repeats: int = 2
     """rounds of every timing section; in each round every setup runs once, in turn (use an even number)"""
     rollout_steps: int = 512
@@ -105,13 +110,18 @@ def real_frames(scenario: str, count: int) -> tuple[torch.Tensor, torch.Tensor, 
     return torch.as_tensor(np.stack(pixels)), torch.as_tensor(np.stack(masks)).bool(), int(env.action_space.n)
 
 
-def peak_gflops(size: int = 2048, products: int = 8, dtype: torch.dtype = torch.float32) -> float:
+def peak_gflops(size: int = 2048, products: int = 8, dtype: torch.dtype = torch.float32,
+                device: torch.device = torch.device("cpu")) -> float:
     """GFLOP/s of ``products`` (size x size) @ (size x size) matrix products in ``dtype``, after one warm-up."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
     a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(products):
         a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return 2 * size**3 * products / (time.perf_counter() - start) / 1e9
 
 
@@ -163,6 +173,7 @@ def update_step(variant: str, pixels: torch.Tensor, masks: torch.Tensor, num_act
     actions = torch.randint(0, num_actions, (len(pixels),), device=device)
     advantages = torch.randn(len(pixels), device=device)
     size = tuple(masks.shape[-2:])
+    projected = project_masks(masks, Agent.MAP_SIZE)
 
     def update():
         x = pixels.float()
@@ -175,6 +186,8 @@ def update_step(variant: str, pixels: torch.Tensor, masks: torch.Tensor, num_act
         logprob = dist.log_prob(actions)
         loss = -(advantages * logprob.exp()).mean() - 0.01 * dist.entropy().mean() + 0.5 * (value.view(-1) ** 2).mean()
         if variant == "camal":
+            loss = loss + camal_loss_low_res(agent.grad_cam(features, hidden, actions), projected)
+        elif variant == "camal-masks-per-mb":
             loss = loss + camal_loss_low_res(agent.grad_cam(features, hidden, actions), masks)
         elif variant == "camal-upsampled":
             loss = loss + camal_loss(agent.grad_cam(features, hidden, actions, size), masks)
@@ -250,14 +263,15 @@ def rollout_table(scenario: str, num_actions: int, vector_steps: int, repeats: i
 
 def end_to_end_sps(method: str, args: Args, runs_dir: Path) -> float:
     """SPS of one short training run in a fresh process: ours (agents/ppo_camal.py) or the peer's."""
-    steps = str(args.iterations * 1024)
+    steps = str(args.iterations * args.num_envs * 128)
     if method == PEER:
-        cmd = [sys.executable, str(ROOT / "benchmarks/sb3_ppo.py"), "--env", args.env, "--total-timesteps", steps]
+        cmd = [sys.executable, str(ROOT / "benchmarks/sb3_ppo.py"), "--env", args.env, "--total-timesteps", steps,
+               "--num-envs", str(args.num_envs)]
         done = subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         return float(done.stdout.split()[-1])
     cmd = [sys.executable, str(ROOT / "agents/ppo_camal.py"), "--env", args.env, "--runs-dir", str(runs_dir),
            "--exp-name", f"bench-{method}-{time.time_ns()}", "--total-timesteps", steps,
-           "--save-every", "1000", "--image-every", "0", *METHOD_FLAGS[method]]
+           "--num-envs", str(args.num_envs), "--save-every", "1000", "--image-every", "0", *METHOD_FLAGS[method]]
     if not args.cuda:
         cmd.append("--no-cuda")
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -279,7 +293,7 @@ def check_args(args: Args) -> None:
         check_scenario(args.env)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    for name in ("minibatch_size", "updates", "iterations", "repeats"):
+    for name in ("minibatch_size", "updates", "iterations", "repeats", "num_envs"):
         if getattr(args, name) <= 0:
             sys.exit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.threads is not None and args.threads <= 0:
@@ -306,9 +320,9 @@ def main(args: Args) -> None:
     per_round = max(1, args.updates // args.repeats)
     peaks, bf16_peaks, update_seconds = [], [], {v: [] for v in UPDATE_VARIANTS}
     for _ in range(args.repeats):  # the peak and the updates in turn, so that load hits both alike
-        if device.type == "cpu":
-            peaks.append(peak_gflops())
-            bf16_peaks.append(peak_gflops(dtype=torch.bfloat16))
+        size = 2048 if device.type == "cpu" else 8192  # a GPU needs a larger product to reach its peak
+        peaks.append(peak_gflops(size, device=device))
+        bf16_peaks.append(peak_gflops(size, dtype=torch.bfloat16, device=device))
         for variant, seconds in time_round(steps, per_round).items():
             update_seconds[variant].append(seconds)
     flops = update_flops(Agent(num_actions).to(device), args.minibatch_size)
@@ -316,7 +330,7 @@ def main(args: Args) -> None:
     bf16_peak = max(bf16_peaks) if bf16_peaks else float("nan")
     print(f"\nminibatch update ({args.minibatch_size} frames of {args.env}), median of {args.repeats} rounds of "
           f"{per_round}; forward + backward of the Nature CNN: {flops / 1e9:.2f} GFLOP; "
-          f"peak (2048^3 matmul, best of {len(peaks)}): fp32 {peak:.1f}, bf16 {bf16_peak:.1f} GFLOP/s")
+          f"peak ({size}^3 matmul on {device.type}, best of {len(peaks)}): fp32 {peak:.1f}, bf16 {bf16_peak:.1f} GFLOP/s")
     print(f"  {'variant':15s} {'ms':>8s} {'x vanilla':>10s} {'GFLOP/s':>8s} {'of peak':>8s}")
     base_update = statistics.median(update_seconds["vanilla"])
     for variant, values in update_seconds.items():
@@ -347,7 +361,7 @@ def main(args: Args) -> None:
                 sps[method].append(end_to_end_sps(method, args, Path(tmp)))
                 print(f"  run {repeat + 1}/{args.repeats} {method}: {sps[method][-1]:.0f} SPS", flush=True)
     medians = {m: statistics.median(v) for m, v in sps.items()}
-    print(f"\nend to end ({args.iterations} iterations of 8 envs x 128 steps, {args.repeats} interleaved runs each, "
+    print(f"\nend to end ({args.iterations} iterations of {args.num_envs} envs x 128 steps, {args.repeats} interleaved runs each, "
           f"median SPS):")
     header = f"  {'setup':12s} {'SPS':>8s}  {'runs':24s}"
     ratios = [m for m in ("vanilla", PEER) if m in medians]

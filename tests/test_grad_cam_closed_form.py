@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agents.attention import (camal_loss, camal_loss_low_res, grad_cam, linear_head_grad_cam, peak_samples,
-                              upsampling_matrix)
+                              project_masks, upsampling_matrix)
 from agents.ppo_camal import Agent
 
 
@@ -71,6 +71,24 @@ def test_closed_form_gives_the_same_camal_loss_and_parameter_gradients(num_actio
             nonzero.add(name)
     # the loss trains the conv layers, the fc layer and the actor, as the double backward does
     assert {"conv.0.weight", "conv.4.weight", "head.1.weight", "actor.weight"} <= nonzero
+
+
+def test_a_rollouts_masks_projected_once_give_each_minibatch_its_own_loss_and_gradient():
+    """The trainer projects a rollout's masks once (project_masks) and selects each minibatch's rows of it."""
+    agent, pixels, actions, masks = agent_and_batch(3, 5)
+    _, _, features, hidden = agent.logits_value_features_hidden(pixels)
+    cams = agent.grad_cam(features, hidden, actions)
+    projected = project_masks(masks, Agent.MAP_SIZE)
+    for minibatch in (torch.tensor([5, 0, 7, 3, 11, 2]), torch.tensor([10, 1, 11]), torch.tensor([10, 11])):
+        ours = camal_loss_low_res(cams[minibatch], projected[minibatch])
+        upsampled = agent.grad_cam(features[minibatch], hidden[minibatch], actions[minibatch], (84, 84))
+        reference = camal_loss(upsampled, masks[minibatch])  # frames 10 and 11 have no target: left out
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6)
+        ours_grad, = torch.autograd.grad(ours, agent.actor.weight, retain_graph=True, materialize_grads=True)
+        reference_grad, = torch.autograd.grad(reference, agent.actor.weight, retain_graph=True,
+                                              materialize_grads=True)
+        torch.testing.assert_close(ours_grad, reference_grad, rtol=1e-3, atol=1e-4 * reference_grad.abs().max() + 1e-12)
+    assert camal_loss_low_res(cams[10:], projected[10:]).item() == 0.0  # no target in the minibatch
 
 
 def test_low_res_loss_without_targets_is_zero_with_finite_gradients():
