@@ -331,7 +331,7 @@ def main(args: Args) -> None:
     print(f"\nminibatch update ({args.minibatch_size} frames of {args.env}), median of {args.repeats} rounds of "
           f"{per_round}; forward + backward of the Nature CNN: {flops / 1e9:.2f} GFLOP; "
           f"peak ({size}^3 matmul on {device.type}, best of {len(peaks)}): fp32 {peak:.1f}, bf16 {bf16_peak:.1f} GFLOP/s")
-    print(f"  {'variant':15s} {'ms':>8s} {'x vanilla':>10s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    print(f"  {'variant':18s} {'ms':>8s} {'x vanilla':>10s} {'GFLOP/s':>8s} {'of peak':>8s}")
     base_update = statistics.median(update_seconds["vanilla"])
     for variant, values in update_seconds.items():
         seconds = statistics.median(values)
@@ -340,7 +340,7 @@ def main(args: Args) -> None:
         rate = ""
         if variant in ("vanilla", "camal", "vanilla-unfused", "vanilla-nchw", "vanilla-bf16", "camal-bf16"):
             rate = f"{gflops:8.1f} {gflops / (bf16_peak if variant.endswith('bf16') else peak):8.0%}"
-        print(f"  {variant:15s} {seconds * 1000:8.1f} {seconds / base_update:10.2f} {rate}")
+        print(f"  {variant:18s} {seconds * 1000:8.1f} {seconds / base_update:10.2f} {rate}")
 
     if args.rollout_steps:
         acting = rollout_table(args.env, num_actions, args.rollout_steps, args.repeats, device)
