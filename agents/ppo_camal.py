@@ -278,11 +278,7 @@ class Agent(nn.Module):
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Output A of the last conv layer (after its ReLU), for uint8 or float pixels in [0, 255]."""
-        # reorder to channels_last while the frames are uint8: a quarter of the bytes of float ones
-        frames = pixels.contiguous(memory_format=torch.channels_last)
-        if frames.dtype == torch.uint8:
-            return self.conv(frames.float().div_(255.0))  # .float() made a new tensor: scale it in place
-        return self.conv(frames / 255.0)
+        return self.conv((pixels.float() / 255.0).contiguous(memory_format=torch.channels_last))
 
     def get_value(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.critic(self.head(self.features(pixels))).float()  # fp32 out of a --bf16 autocast

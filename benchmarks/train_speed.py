@@ -11,7 +11,6 @@
    rollout); `camal-masks-per-mb` projects them in every minibatch (the trainer's before); `camal-upsampled` the
    closed-form map upsampled to 84x84 with `camal_loss`; `camal-autograd` that loss on autograd's
    double-backward map (`grad_cam(create_graph=True)`), the trainer's before the closed form;
-   `vanilla-cast-first` the frames cast to float before their channels_last reorder (the trainer's before);
    `vanilla-unfused` Adam looping over the parameters (the trainer's before `fused=True`); `vanilla-nchw` the
    network in PyTorch's default memory layout (the trainer's before channels_last);
    `*-bf16` the trainer's --bf16 (layers in bfloat16 under torch.autocast), its GFLOP/s against a bf16 matmul;
@@ -59,11 +58,10 @@ vanilla's episodes, so its ratio to vanilla is CAMAL's compute alone (a run that
 plays different episodes, e.g. shorter ones with more engine resets, at another speed)"""
 PEER = "sb3"
 FRAME_SHAPE = (STACK_SIZE, FRAME_SIZE, FRAME_SIZE)
-UPDATE_VARIANTS = ("vanilla", "camal", "camal-masks-per-mb", "vanilla-cast-first", "vanilla-unfused", "vanilla-nchw",
-                   "vanilla-bf16", "camal-bf16", "camal-upsampled", "camal-autograd", "rrr")
+UPDATE_VARIANTS = ("vanilla", "camal", "camal-masks-per-mb", "vanilla-unfused", "vanilla-nchw", "vanilla-bf16",
+                   "camal-bf16", "camal-upsampled", "camal-autograd", "rrr")
 """camal: its masks projected once per rollout (project_masks), outside the timed update, as the trainer
-does; camal-masks-per-mb: projected in every minibatch (the trainer's before); -cast-first: the frames cast to
-float before their channels_last reorder (the trainer's before); -unfused: Adam's loop over the
+does; camal-masks-per-mb: projected in every minibatch (the trainer's before); -unfused: Adam's loop over the
 parameters (the trainer's before fused=True); -nchw: the network in PyTorch's default layout (the trainer's
 before channels_last); -bf16: with --bf16"""
 
@@ -163,21 +161,13 @@ class NchwAgent(Agent):
         return self.conv(pixels.float() / 255.0)
 
 
-class CastFirstAgent(Agent):
-    """The trainer's network with its frames cast to float before the channels_last reorder, as it was before."""
-
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.conv((pixels.float() / 255.0).contiguous(memory_format=torch.channels_last))
-
-
 def update_step(variant: str, pixels: torch.Tensor, masks: torch.Tensor, num_actions: int, device: torch.device):
     """One PPO-like minibatch update (forward, loss with the variant's attention term, backward, clip, Adam)."""
     torch.manual_seed(0)
     bf16 = variant.endswith("-bf16")
-    layouts = {"-nchw": NchwAgent, "-cast-first": CastFirstAgent}
-    agent = next((c for end, c in layouts.items() if variant.endswith(end)), Agent)(num_actions).to(device)
+    agent = (NchwAgent if variant.endswith("-nchw") else Agent)(num_actions).to(device)
     fused = not variant.endswith("-unfused")
-    variant = variant.removesuffix("-bf16").removesuffix("-nchw").removesuffix("-unfused").removesuffix("-cast-first")
+    variant = variant.removesuffix("-bf16").removesuffix("-nchw").removesuffix("-unfused")
     optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5, fused=fused)
     pixels, masks = pixels.to(device), masks.to(device)
     actions = torch.randint(0, num_actions, (len(pixels),), device=device)
@@ -348,8 +338,7 @@ def main(args: Args) -> None:
         # camal's closed-form map adds <1% to the count; the other variants' extra work is not counted
         gflops = flops / seconds / 1e9
         rate = ""
-        if variant in ("vanilla", "camal", "vanilla-cast-first", "vanilla-unfused", "vanilla-nchw", "vanilla-bf16",
-                       "camal-bf16"):
+        if variant in ("vanilla", "camal", "vanilla-unfused", "vanilla-nchw", "vanilla-bf16", "camal-bf16"):
             rate = f"{gflops:8.1f} {gflops / (bf16_peak if variant.endswith('bf16') else peak):8.0%}"
         print(f"  {variant:18s} {seconds * 1000:8.1f} {seconds / base_update:10.2f} {rate}")
 

@@ -50,23 +50,6 @@ def random_batch(batch=6, seed=0):
     return pixels, masks, actions
 
 
-def test_features_of_uint8_and_float_frames_are_those_of_frames_scaled_to_unit_range():
-    """Agent.features scales by 1/255 and reorders to channels_last in whichever order is cheaper: same numbers,
-    and float frames that need a gradient (RRR's) are neither changed in place nor cut from the graph."""
-    agent = Agent(3)
-    pixels, _, _ = random_batch()
-    expected = agent.conv((pixels.float() / 255.0).contiguous(memory_format=torch.channels_last))
-    assert torch.equal(agent.features(pixels), expected)
-    unit = (pixels.float() / 255.0).requires_grad_(True)
-    frames = unit * 255.0
-    before = frames.detach().clone()
-    features = agent.features(frames)
-    torch.testing.assert_close(features, expected)
-    assert torch.equal(frames.detach(), before)
-    (gradient,) = torch.autograd.grad(features.sum(), unit)
-    assert gradient.abs().sum() > 0
-
-
 def test_grad_cam_equals_hook_computation():
     torch.manual_seed(0)
     agent = Agent(num_actions=3)
