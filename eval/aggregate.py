@@ -58,6 +58,7 @@ from rliable import plot_utils  # noqa: E402
 from scipy.stats import trim_mean, ttest_ind  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator  # noqa: E402
 
+from eval import selection  # noqa: E402
 from scenarios import SCENARIOS, is_config_path, short_name  # noqa: E402
 
 RETURN_TAG = "charts/episodic_return"
@@ -263,24 +264,6 @@ def load_runs(runs_dir: Path, final_fraction: float = 0.1, normalisation: str | 
     for run in runs:
         run.r_random, run.r_max = normalisation_bounds(run.env, entries)
     warn_different_seed_sets(runs)
-    return runs
-
-
-def select_runs(runs: list[Run], scenarios: list[str] | None, methods: list[str] | None,
-                seeds: list[int] | None = None) -> list[Run]:
-    """The runs of the given scenarios, methods and seeds (None: all); unknown values are refused."""
-    for wanted, kind, of_run in ((scenarios, "scenario", lambda r: r.env), (methods, "method", lambda r: r.method),
-                                 (seeds, "seed", lambda r: r.seed)):
-        if wanted is None:
-            continue
-        known = sorted({of_run(r) for r in runs})
-        missing = [w for w in wanted if w not in known]
-        if missing or not wanted:
-            raise SystemExit(f"error: no run of {kind} {missing[0] if missing else '(none given)'!r}; "
-                             f"the {kind}s found: {', '.join(map(str, known))}")
-        runs = [r for r in runs if of_run(r) in wanted]
-    if not runs:
-        raise SystemExit("error: no run has one of the --scenarios, one of the --methods and one of the --seeds given")
     return runs
 
 
@@ -673,8 +656,11 @@ def main(args: Args) -> None:
         raise SystemExit(f"error: --reps and --curve-points must be >= 1, got {args.reps} and {args.curve_points}")
     out = Path(args.out)
     check_output_folder(out)
-    runs = select_runs(load_runs(Path(args.runs_dir), args.final_fraction, args.normalisation), args.scenarios,
-                       args.methods, args.seeds)
+    try:
+        runs = selection.select_runs(load_runs(Path(args.runs_dir), args.final_fraction, args.normalisation),
+                                     args.scenarios, args.methods, args.seeds, owner=args.runs_dir)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
     out.mkdir(parents=True, exist_ok=True)
     methods = ordered_methods((r.method for r in runs), args.baseline)
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}

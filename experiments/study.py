@@ -36,6 +36,7 @@ from typing import Annotated, Literal
 import tyro
 
 from agents import ppo_camal
+from eval import selection
 from envs import check_scenario
 from scenarios import short_name
 
@@ -262,20 +263,10 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
 def select_runs(study: Study, scenarios: list[str] | None, methods: list[str] | None,
                 seeds: list[int] | None = None) -> Study:
     """The part of a study to run now; its runs keep their names, so the whole study later skips them."""
-    chosen = study.runs
-    for wanted, kind, of_run in ((scenarios, "scenario", lambda r: r.env), (methods, "method", lambda r: r.method),
-                                 (seeds, "seed", lambda r: r.seed)):
-        if wanted is None:
-            continue
-        known = list(dict.fromkeys(of_run(r) for r in study.runs))
-        missing = [w for w in wanted if w not in known]
-        if missing or not wanted:
-            raise StudyError(f"the study has no {kind} {missing[0] if missing else '(none given)'!r}; "
-                             f"its {kind}s: {', '.join(map(str, known))}")
-        chosen = [r for r in chosen if of_run(r) in wanted]
-    if not chosen:
-        raise StudyError("no run of the study has one of the --scenarios, one of the --methods and one of the "
-                         "--seeds given")
+    try:
+        chosen = selection.select_runs(study.runs, scenarios, methods, seeds, owner="the study")
+    except ValueError as error:
+        raise StudyError(str(error)) from None
     return dataclasses.replace(study, runs=chosen)
 
 

@@ -472,3 +472,19 @@ def test_steps_to_a_return_is_the_first_step_where_the_moving_mean_reaches_it():
     assert first_step_reaching(steps, returns, 35.0, window=2) == 50
     assert first_step_reaching(steps, returns, 36.0, window=2) is None
     assert first_step_reaching(steps[:1], returns[:1], 0.0, window=2) is None  # fewer episodes than the window
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--methods", "camall"], "results/paper has no method 'camall'; its methods: camal, camal-random, rrr, vanilla"),
+    (["--seeds", "9"], "results/paper has no seed 9; its seeds: 1, 2, 3, 4, 5"),
+    (["--scenarios", "defend_the_line", "--methods", "rrr"],  # the study runs RRR on basic and defend_the_center
+     "no run of results/paper has one of the --scenarios, one of the --methods"),
+])
+def test_a_selection_no_record_matches_is_refused_in_one_line_and_writes_nothing(tmp_path, flags, message):
+    """The study runner and aggregate.py choose runs by one rule (eval/selection.py) and name what exists."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "eval/aggregate.py", "results/paper", "--out", str(out), *flags],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert not out.exists()
