@@ -18,6 +18,7 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval import selection  # noqa: E402
 from eval.aggregate import SkippedRun, find_run_dirs, load_run  # noqa: E402
 
 
@@ -51,22 +52,20 @@ def main(args: Args) -> None:
         sys.exit(f"error: --window must be >= 1, got {args.window}")
     for folder in args.folders:
         dirs, _ = find_run_dirs(Path(folder))
-        rows = []
+        runs = []
         for run_dir in dirs:
             try:
-                run = load_run(run_dir)
+                runs.append(load_run(run_dir))
             except SkippedRun:
                 continue
-            if (args.env and run.env != args.env) or (args.methods and run.method not in args.methods) \
-                    or (args.seeds and run.seed not in args.seeds):
-                continue
-            step = first_step_reaching(run.steps, run.returns, args.target, args.window)
-            rows.append((run.env, run.method, run.seed, step, float(np.mean(run.returns[-args.window:])),
-                         run.total_timesteps))
         print(f"\n{folder}: first step at which the mean of the last {args.window} episodes reached {args.target:g}")
-        if not rows:
-            print("  (no complete run matches)")
+        try:  # a folder without a match gets a line saying why, and the other folders their tables
+            runs = selection.select_runs(runs, [args.env] if args.env else None, args.methods, args.seeds, folder)
+        except ValueError as error:
+            print(f"  ({error})")
             continue
+        rows = [(run.env, run.method, run.seed, first_step_reaching(run.steps, run.returns, args.target, args.window),
+                 float(np.mean(run.returns[-args.window:])), run.total_timesteps) for run in runs]
         print(f"  {'scenario':18s} {'method':14s} {'seed':>4s} {'step':>9s} {'final mean':>10s} {'of steps':>9s}")
         for env, method, seed, step, final, total in sorted(rows):
             print(f"  {env:18s} {method:14s} {seed:4d} {step if step is not None else '-':>9} {final:10.1f} {total:9d}")
