@@ -271,7 +271,9 @@ class Agent(nn.Module):
             layer_init(nn.Conv2d(64, 64, 3, stride=1)),
             nn.ReLU(),
         )
-        self.head = nn.Sequential(nn.Flatten(), layer_init(nn.Linear(64 * self.MAP_SIZE[0] * self.MAP_SIZE[1], 512)), nn.ReLU())
+        self.head = nn.Sequential(
+            nn.Flatten(), layer_init(nn.Linear(64 * self.MAP_SIZE[0] * self.MAP_SIZE[1], 512)), nn.ReLU()
+        )
         self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
         self.critic = layer_init(nn.Linear(512, 1), std=1)
         self.to(memory_format=torch.channels_last)  # oneDNN's and cuDNN's fast layout: 1.5x faster updates here

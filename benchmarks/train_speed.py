@@ -319,18 +319,18 @@ def main(args: Args) -> None:
     time_round(steps, 2)  # warm-up
     per_round = max(1, args.updates // args.repeats)
     peaks, bf16_peaks, update_seconds = [], [], {v: [] for v in UPDATE_VARIANTS}
+    size = 2048 if device.type == "cpu" else 8192  # a GPU needs a larger product to reach its peak
     for _ in range(args.repeats):  # the peak and the updates in turn, so that load hits both alike
-        size = 2048 if device.type == "cpu" else 8192  # a GPU needs a larger product to reach its peak
         peaks.append(peak_gflops(size, device=device))
         bf16_peaks.append(peak_gflops(size, dtype=torch.bfloat16, device=device))
         for variant, seconds in time_round(steps, per_round).items():
             update_seconds[variant].append(seconds)
     flops = update_flops(Agent(num_actions).to(device), args.minibatch_size)
-    peak = max(peaks) if peaks else float("nan")
-    bf16_peak = max(bf16_peaks) if bf16_peaks else float("nan")
+    peak, bf16_peak = max(peaks), max(bf16_peaks)  # measured on every device now; --repeats >= 1
     print(f"\nminibatch update ({args.minibatch_size} frames of {args.env}), median of {args.repeats} rounds of "
           f"{per_round}; forward + backward of the Nature CNN: {flops / 1e9:.2f} GFLOP; "
-          f"peak ({size}^3 matmul on {device.type}, best of {len(peaks)}): fp32 {peak:.1f}, bf16 {bf16_peak:.1f} GFLOP/s")
+          f"peak ({size}^3 matmul on {device.type}, best of {len(peaks)}): fp32 {peak:.1f}, bf16 {bf16_peak:.1f} "
+          "GFLOP/s")
     print(f"  {'variant':18s} {'ms':>8s} {'x vanilla':>10s} {'GFLOP/s':>8s} {'of peak':>8s}")
     base_update = statistics.median(update_seconds["vanilla"])
     for variant, values in update_seconds.items():
@@ -361,8 +361,8 @@ def main(args: Args) -> None:
                 sps[method].append(end_to_end_sps(method, args, Path(tmp)))
                 print(f"  run {repeat + 1}/{args.repeats} {method}: {sps[method][-1]:.0f} SPS", flush=True)
     medians = {m: statistics.median(v) for m, v in sps.items()}
-    print(f"\nend to end ({args.iterations} iterations of {args.num_envs} envs x 128 steps, {args.repeats} interleaved runs each, "
-          f"median SPS):")
+    print(f"\nend to end ({args.iterations} iterations of {args.num_envs} envs x 128 steps, {args.repeats} interleaved "
+          f"runs each, median SPS):")
     header = f"  {'setup':12s} {'SPS':>8s}  {'runs':24s}"
     ratios = [m for m in ("vanilla", PEER) if m in medians]
     print(header + "".join(f" {'/ ' + m:>10s}" for m in ratios))

@@ -1,5 +1,5 @@
 """Choosing runs by scenario, method and seed: one rule for the study runner (experiments/study.py) and
-the evaluation tools (eval/aggregate.py)."""
+the evaluation tools (eval/aggregate.py, eval/reach.py)."""
 
 from __future__ import annotations
 
