@@ -51,11 +51,13 @@ ROOT = Path(__file__).resolve().parents[1]
 METHOD_FLAGS = {"vanilla": ["--attn-loss", "none"], "camal": ["--attn-loss", "camal"], "rrr": ["--attn-loss", "rrr"],
                 "vanilla-bf16": ["--attn-loss", "none", "--bf16"], "camal-bf16": ["--attn-loss", "camal", "--bf16"],
                 "vanilla-unpiped": ["--attn-loss", "none", "--env-groups", "1", "--acting-threads", "None"],
-                "camal-zero": ["--attn-loss", "camal", "--camal-coef", "0"]}
+                "camal-zero": ["--attn-loss", "camal", "--camal-coef", "0"],
+                "vanilla-default-malloc": ["--attn-loss", "none", "--no-keep-freed-memory"]}
 """-bf16: with --bf16; -unpiped: acting on all envs at once with torch's default threads (the trainer before
 --env-groups and --acting-threads); camal-zero: CAMAL's whole computation with lambda 0, which plays exactly
 vanilla's episodes, so its ratio to vanilla is CAMAL's compute alone (a run that learns differently also
-plays different episodes, e.g. shorter ones with more engine resets, at another speed)"""
+plays different episodes, e.g. shorter ones with more engine resets, at another speed); -default-malloc: glibc's
+malloc returning freed memory to the system (the trainer before --keep-freed-memory)"""
 PEER = "sb3"
 FRAME_SHAPE = (STACK_SIZE, FRAME_SIZE, FRAME_SIZE)
 UPDATE_VARIANTS = ("vanilla", "camal", "camal-masks-per-mb", "vanilla-unfused", "vanilla-nchw", "vanilla-bf16",

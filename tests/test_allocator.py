@@ -1,0 +1,51 @@
+"""The trainer's process keeps the memory a minibatch frees for the next one (agents/allocator.py)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a fresh process per setting: mallopt's settings cannot be undone
+FAULTS_PER_UPDATE = """
+import resource, sys, torch
+from agents.allocator import keep_freed_memory
+from agents.ppo_camal import Agent
+took = keep_freed_memory() if sys.argv[1] == "keep" else None
+torch.manual_seed(0)
+agent = Agent(3)
+optimizer = torch.optim.Adam(agent.parameters(), lr=2.5e-4, eps=1e-5, fused=True)
+frames = torch.randint(0, 256, (1024, 4, 84, 84), dtype=torch.uint8)
+
+def update():
+    logits, value, _, _ = agent.logits_value_features_hidden(frames[torch.randperm(1024)[:256]])
+    optimizer.zero_grad()
+    (logits.logsumexp(dim=1).mean() + value.pow(2).mean()).backward()
+    optimizer.step()
+
+for _ in range(3):
+    update()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(6):
+    update()
+print(took, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 6)
+"""
+
+
+def faults_per_update(setting: str) -> tuple[str, float]:
+    done = subprocess.run([sys.executable, "-c", FAULTS_PER_UPDATE, setting], cwd=ROOT, check=True,
+                          capture_output=True, text=True)
+    took, faults = done.stdout.split()
+    return took, float(faults)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_minibatch_update_reuses_the_memory_the_last_one_freed():
+    took, kept = faults_per_update("keep")
+    _, default = faults_per_update("default")
+    assert took == "True"
+    # 256 frames' activations and gradients are ~15 MB, 3,800 pages, faulted in again by default
+    assert default > 1000
+    assert kept < default / 10
