@@ -243,6 +243,18 @@ def verdict(runs: list[Run], values: dict, metric: str, other: str, direction: s
     return f"not settled ({p_text(p)}, {n}{power})"
 
 
+def complete_scenarios(runs: list[Run], scenarios: list[str]) -> list[str]:
+    """The scenarios where every method that ran there has all its seeds (as many as on any scenario): the
+    statistics across scenarios use only these, so that a scenario still in progress, with a seed or two of
+    a method, neither skews them nor leaves its IQM without a seeds x scenarios table."""
+    def seeds(method, env):
+        return {r.seed for r in runs if r.method == method and r.env == env}
+
+    methods = {r.method for r in runs}
+    most = {m: max(len(seeds(m, env)) for env in scenarios) for m in methods}
+    return [env for env in scenarios if all(len(seeds(m, env)) in (0, most[m]) for m in methods)]
+
+
 def report(runs: list[Run], args: Args, figures_link: str) -> list[str]:
     values = {id(r): run_values(r, args.final_fraction) for r in runs}
     methods = aggregate.ordered_methods((r.method for r in runs), args.baseline)
@@ -261,25 +273,35 @@ def report(runs: list[Run], args: Args, figures_link: str) -> list[str]:
         budgets.setdefault(short_name(r.env), set()).add(r.total_timesteps)
     lines += ["Budgets (steps): " + ", ".join(f"{env} {'/'.join(f'{b:,}' for b in sorted(b))}"
                                              for env, b in budgets.items()) + ".", ""]
+    across_scenarios = complete_scenarios(runs, scenarios)
+    left_out = [env for env in scenarios if env not in across_scenarios]
+    in_progress = ""
+    if left_out:
+        in_progress = (f"Across {', '.join(map(short_name, across_scenarios))} only: "
+                       f"{', '.join(map(short_name, left_out))} is left out until each method there has as many seeds "
+                       "as on the other scenarios.")
     for env in [*scenarios, ALL] if len(scenarios) > 1 else scenarios:
-        where = scenarios if env == ALL else [env]
+        where = across_scenarios if env == ALL else [env]
         present = [m for m in methods if any(r.method == m and r.env in where for r in runs)]
-        counts = {m: len({r.env for r in runs if r.method == m}) for m in present}
+        counts = {m: len({r.env for r in runs if r.method == m and r.env in where}) for m in present}
         others = [m for m in present if m != args.reference] if args.reference in present else []
-        head = ["metric", *(m if env != ALL or counts[m] == len(scenarios) else f"{m} ({counts[m]} scenarios)"
+        head = ["metric", *(m if env != ALL or counts[m] == len(where) else f"{m} ({counts[m]} scenarios)"
                             for m in present), *(f"p vs {m}" for m in others)]
         lines += [f"#### {'All scenarios' if env == ALL else short_name(env)}", ""]
+        if env == ALL and in_progress:
+            lines += [in_progress, ""]
         lines += metric_table(runs, values, where, present, others, head, args) + [""]
     lines += ["#### The paper's claims, here", "",
               f"Verdict of the test in the claimed direction at alpha {args.alpha}; \"not settled\" gives the seeds "
-              "per method that the observed difference would need for 80% power.", ""]
+              "per method that the observed difference would need for 80% power." + (
+                  f" The last column: {in_progress[0].lower()}{in_progress[1:]}" if in_progress else ""), ""]
     across = len(scenarios) > 1
     head = ["claim", *map(short_name, scenarios), *([ALL] if across else [])]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for claim, metric, other, direction in CLAIMS:
         cells = [verdict(runs, values, metric, other, direction, [env], args) for env in scenarios]
         if across:
-            cells.append(verdict(runs, values, metric, other, direction, scenarios, args))
+            cells.append(verdict(runs, values, metric, other, direction, across_scenarios, args))
         lines.append("| " + " | ".join([claim, *cells]) + " |")
     return lines
 

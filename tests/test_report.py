@@ -113,3 +113,26 @@ def test_figures_of_a_study_in_progress_use_the_seeds_every_method_has(tmp_path)
     parts = report.figure_parts(report.Args(results=str(results)), runs)
     assert parts == [("all_methods", ["basic"], ["camal", "rrr", "vanilla"], [1, 2, 3, 4]),
                      ("camal_vs_vanilla", ["basic", "defend_the_center"], ["vanilla", "camal"], [1, 2, 3, 4])]
+
+
+def test_across_scenarios_leaves_out_a_scenario_still_in_progress(tmp_path):
+    import shutil
+
+    from eval.aggregate import load_runs
+
+    results = fake_study(tmp_path)
+    runs = load_runs(results)
+    # RRR never ran on defend_the_center: that scenario is complete without it
+    assert report.complete_scenarios(runs, ["basic", "defend_the_center"]) == ["basic", "defend_the_center"]
+    for seed in (2, 3, 4, 5):  # CAMAL's defend_the_center runs: only seed 1 finished so far
+        shutil.rmtree(results / f"defend_the_center__camal__{seed}")
+    runs = load_runs(results)
+    assert report.complete_scenarios(runs, ["basic", "defend_the_center"]) == ["basic"]
+    lines = report.report(runs, report.Args(results=str(results), reps=200), "figures")
+    text = "\n".join(lines)
+    across = text.split("#### All scenarios")[1].split("#### The paper's claims")[0]
+    assert "Across basic only: defend_the_center is left out" in across
+    assert "n/a" not in across  # vanilla's 5 + 1 seeds no longer leave its IQM without a table
+    claims = text.split("#### The paper's claims, here")[1]
+    alignment = next(line for line in claims.splitlines() if line.startswith("| alignment gain over vanilla"))
+    assert alignment.endswith("(p<0.001, n=5 vs 5) |")  # the last column over basic alone
