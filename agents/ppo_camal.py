@@ -566,7 +566,10 @@ def main(args: Args) -> Path:
         signum = interrupted.signum
         tqdm.write(f"stopped at once by signal {signum}; {run_dir / CHECKPOINT} is the last one saved", file=sys.stderr)
     finally:
-        envs.close()
+        try:
+            envs.close()
+        except Interrupted as interrupted:  # another signal while closing: every worker has ended all the same
+            signum = interrupted.signum
     if signum is not None:  # exit status 128 + signal, the shell's convention for an interrupted program
         tqdm.write(f"interrupted; continue with --resume {run_dir}", file=sys.stderr)
         sys.exit(128 + signum)

@@ -31,7 +31,7 @@ from gymnasium.wrappers import (
 from vizdoom import GameVariable
 from vizdoom.gymnasium_wrapper.gymnasium_env_defns import VizdoomScenarioEnv
 
-from envs.worker import prepare_worker
+from envs.worker import prepare_worker, stop_workers
 from masks import label_mask, targets_for
 from scenarios import SCENARIOS, Scenario, check_scenario, config_path, wad_path  # noqa: F401 (SCENARIOS: re-exported)
 
@@ -283,8 +283,12 @@ class EnvGroups:
         return self.groups[group].step_wait()
 
     def close(self) -> None:
-        for group in self.groups:
-            group.close()
+        """Close every group; a signal or an error in the middle still ends every worker and engine."""
+        try:
+            for group in self.groups:
+                group.close()
+        finally:
+            stop_workers([process for group in self.groups for process in group.processes])
 
 
 def make_env_groups(

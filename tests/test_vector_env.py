@@ -100,3 +100,26 @@ def test_workers_leave_ctrl_c_and_sigterm_to_the_trainer_and_close_ends_them():
         finally:
             left = wait_until_ended(tree, seconds=10)
     assert not left, f"still running 10 s after close: {left}"
+
+
+def test_a_signal_while_closing_env_groups_still_ends_every_worker_and_engine(monkeypatch):
+    """The trainer's handler raises on a repeated Ctrl-C / SIGTERM; one that lands while the first group
+    is closing must not leave the second group's workers (which ignore SIGTERM) waiting for a command,
+    and the trainer waiting for them at exit."""
+    from envs import make_env_groups
+
+    envs = make_env_groups("basic", 2, 2)
+    envs.reset(seed=0)
+    tree = descendants(os.getpid())
+    assert len(tree) == 2 + 2, f"expected 2 workers and their 2 engines, found {tree}"
+    first_close = envs.groups[0].close
+
+    def close_then_interrupted(**kwargs):
+        first_close(**kwargs)
+        raise KeyboardInterrupt  # as the trainer's signal handler raises Interrupted
+
+    monkeypatch.setattr(envs.groups[0], "close", close_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        envs.close()
+    left = wait_until_ended(tree, seconds=10)
+    assert not left, f"still running 10 s after an interrupted close: {left}"
