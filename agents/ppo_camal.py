@@ -76,7 +76,7 @@ class Args:
     default, which the update always uses)"""
     keep_freed_memory: bool = True
     """have glibc's malloc keep the memory each minibatch frees for the next one instead of returning it to
-    the system (agents/allocator.py; fewer page faults, 1.04x end to end here; README: Speed)"""
+    the system (agents/allocator.py; fewer page faults, 1.02-1.045x end to end here; README: Speed)"""
     track: bool = False
     """also log to Weights and Biases (needs `pip install wandb`)"""
     wandb_project_name: str = "camal-vizdoom"
