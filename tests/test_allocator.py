@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # a fresh process per setting: mallopt's settings cannot be undone
 FAULTS_PER_UPDATE = """
+WARM_UP, MEASURED = 8, 12
 import resource, sys, torch
 from agents.allocator import keep_freed_memory
 from agents.ppo_camal import Agent
@@ -25,12 +26,12 @@ def update():
     (logits.logsumexp(dim=1).mean() + value.pow(2).mean()).backward()
     optimizer.step()
 
-for _ in range(3):
+for _ in range(WARM_UP):  # the heap grows to the update's peak, which a few updates can raise again
     update()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(6):
+for _ in range(MEASURED):
     update()
-print(took, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 6)
+print(took, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / MEASURED)
 """
 
 
