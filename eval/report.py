@@ -324,22 +324,21 @@ def replace_block(text: str, block: list[str], results: str, readme: str) -> str
 
 
 def figure_parts(args: Args, runs: list[Run]) -> list[tuple[str, list[str], list[str], list[int]]]:
-    """(name, scenarios, methods, seeds) of each set of figures: all methods on the scenarios where every
-    method ran, and the reference with the baseline on every scenario where both ran; each over the seeds
-    that every method has on every scenario of the set (eval/aggregate.py needs equal seeds)."""
+    """(name, scenarios, methods, seeds) of each set of figures: all methods, and the reference with the
+    baseline, each on the scenarios of the tables across scenarios (complete_scenarios) where all its
+    methods ran, over the seeds every method has on them (eval/aggregate.py needs equal seeds)."""
     methods = sorted({r.method for r in runs})
-    scenarios = sorted({r.env for r in runs})
-    shared = [env for env in scenarios if {r.method for r in runs if r.env == env} == set(methods)]
+    across = complete_scenarios(runs, sorted({r.env for r in runs}))
     pair = [m for m in (args.baseline, args.reference) if m in methods]
-    paired = [env for env in scenarios if {r.method for r in runs if r.env == env} >= set(pair)]
-    parts = [("all_methods", shared, methods)]
-    if shared != paired and len(pair) == 2:
-        parts.append((f"{args.reference}_vs_{args.baseline}", paired, pair))
+    parts = [("all_methods", methods)] + ([(f"{args.reference}_vs_{args.baseline}", pair)] if len(pair) == 2 else [])
     sets = []
-    for name, part_scenarios, part_methods in parts:
+    for name, part_methods in parts:
+        part_scenarios = [env for env in across if {r.method for r in runs if r.env == env} >= set(part_methods)]
+        if not part_scenarios or any(part_scenarios == scenarios for _, scenarios, _, _ in sets):
+            continue
         seeds = set.intersection(*({r.seed for r in runs if r.env == env and r.method == m}
                                    for env in part_scenarios for m in part_methods))
-        if part_scenarios and seeds:
+        if seeds:
             sets.append((name, part_scenarios, part_methods, sorted(seeds)))
     return sets
 

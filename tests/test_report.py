@@ -102,17 +102,23 @@ def test_readme_results_are_the_reports_output():
     assert checked.returncode == 0, checked.stderr
 
 
-def test_figures_of_a_study_in_progress_use_the_seeds_every_method_has(tmp_path):
+def test_figures_of_a_study_in_progress_are_over_the_scenarios_of_the_tables_across_scenarios(tmp_path):
     import shutil
 
     from eval.aggregate import load_runs
 
     results = fake_study(tmp_path)
+    runs = load_runs(results)
+    args = report.Args(results=str(results))
+    assert report.figure_parts(args, runs) == [
+        ("all_methods", ["basic"], ["camal", "rrr", "vanilla"], SEEDS),
+        ("camal_vs_vanilla", ["basic", "defend_the_center"], ["vanilla", "camal"], SEEDS)]
     shutil.rmtree(results / "basic__camal__5")  # camal's seed 5 on basic still training
     runs = load_runs(results)
-    parts = report.figure_parts(report.Args(results=str(results)), runs)
-    assert parts == [("all_methods", ["basic"], ["camal", "rrr", "vanilla"], [1, 2, 3, 4]),
-                     ("camal_vs_vanilla", ["basic", "defend_the_center"], ["vanilla", "camal"], [1, 2, 3, 4])]
+    assert report.complete_scenarios(runs, ["basic", "defend_the_center"]) == ["defend_the_center"]
+    # basic is left out of the figures as of the tables across scenarios, not drawn over fewer seeds
+    assert report.figure_parts(args, runs) == [
+        ("camal_vs_vanilla", ["defend_the_center"], ["vanilla", "camal"], SEEDS)]
 
 
 def test_across_scenarios_leaves_out_a_scenario_still_in_progress(tmp_path):
