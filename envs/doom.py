@@ -212,9 +212,20 @@ def env_thunks(
     return [functools.partial(thunk, i) for i in range(num_envs)]
 
 
-def async_vector_env(thunks: list[Callable[[], gym.Env]]) -> gym.vector.AsyncVectorEnv:
+class WorkerVectorEnv(gym.vector.AsyncVectorEnv):
+    """gymnasium's AsyncVectorEnv whose close ends every worker and engine even when a signal or an error
+    interrupts it: a worker left waiting for its command would make this process wait for it at exit."""
+
+    def close_extras(self, timeout: float | None = None, terminate: bool = False) -> None:
+        try:
+            super().close_extras(timeout=timeout, terminate=terminate)
+        finally:
+            stop_workers(self.processes)
+
+
+def async_vector_env(thunks: list[Callable[[], gym.Env]]) -> WorkerVectorEnv:
     # fork: the thunks are closures, and the workers' parent is this process
-    return gym.vector.AsyncVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, context="fork")
+    return WorkerVectorEnv(thunks, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, context="fork")
 
 
 def make_vector_env(
@@ -258,7 +269,7 @@ class EnvGroups:
         groups = min(groups, self.num_envs)
         bounds = [self.num_envs * g // groups for g in range(groups + 1)]
         self.slices = [slice(begin, end) for begin, end in zip(bounds, bounds[1:])]
-        self.groups: list[gym.vector.AsyncVectorEnv] = []
+        self.groups: list[WorkerVectorEnv] = []
         try:
             for envs in self.slices:
                 self.groups.append(async_vector_env(thunks[envs]))
@@ -283,7 +294,8 @@ class EnvGroups:
         return self.groups[group].step_wait()
 
     def close(self) -> None:
-        """Close every group; a signal or an error in the middle still ends every worker and engine."""
+        """Close every group; a signal or an error in the middle still ends every worker and engine, also
+        those of the groups whose close it never reached."""
         try:
             for group in self.groups:
                 group.close()

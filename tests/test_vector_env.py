@@ -102,6 +102,33 @@ def test_workers_leave_ctrl_c_and_sigterm_to_the_trainer_and_close_ends_them():
     assert not left, f"still running 10 s after close: {left}"
 
 
+class InterruptedPipe:
+    """A worker's command pipe on which sending is interrupted, as by the trainer's signal handler."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def send(self, message):
+        raise KeyboardInterrupt
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+
+def test_a_signal_while_closing_a_vector_env_still_ends_every_worker_and_engine():
+    """Interrupted before any worker got its close command, close must still end the workers (which
+    ignore SIGTERM) and their engines, not leave them waiting and this process waiting for them at exit."""
+    envs = make_vector_env("basic", 2)
+    envs.reset(seed=0)
+    tree = descendants(os.getpid())
+    assert len(tree) == 2 + 2, f"expected 2 workers and their 2 engines, found {tree}"
+    envs.parent_pipes[0] = InterruptedPipe(envs.parent_pipes[0])
+    with pytest.raises(KeyboardInterrupt):
+        envs.close()
+    left = wait_until_ended(tree, seconds=10)
+    assert not left, f"still running 10 s after an interrupted close: {left}"
+
+
 def test_a_signal_while_closing_env_groups_still_ends_every_worker_and_engine(monkeypatch):
     """The trainer's handler raises on a repeated Ctrl-C / SIGTERM; one that lands while the first group
     is closing must not leave the second group's workers (which ignore SIGTERM) waiting for a command,
