@@ -240,7 +240,8 @@ def verdict(runs: list[Run], values: dict, metric: str, other: str, direction: s
         return f"**yes** ({p_text(p)}, {n})" if higher else f"**no**: reversed ({p_text(p)}, {n})"
     needed = seeds_for_power(pooled_x, pooled_y, args.alpha) if len(scenarios) == 1 else None
     power = f"; ~{needed} seeds each for 80% power" if needed else ""
-    return f"not settled ({p_text(p)}, {n}{power})"
+    leaning = "" if higher else ", leaning reversed"  # more seeds would then settle the opposite of the claim
+    return f"not settled{leaning} ({p_text(p)}, {n}{power})"
 
 
 def complete_scenarios(runs: list[Run], scenarios: list[str]) -> list[str]:
@@ -293,7 +294,8 @@ def report(runs: list[Run], args: Args, figures_link: str) -> list[str]:
         lines += metric_table(runs, values, where, present, others, head, args) + [""]
     lines += ["#### The paper's claims, here", "",
               f"Verdict of the test in the claimed direction at alpha {args.alpha}; \"not settled\" gives the seeds "
-              "per method that the observed difference would need for 80% power." + (
+              "per method that the observed difference would need for 80% power; \"leaning reversed\": the observed "
+              "difference is the opposite of the claim's." + (
                   f" The last column: {in_progress[0].lower()}{in_progress[1:]}" if in_progress else ""), ""]
     across = len(scenarios) > 1
     head = ["claim", *map(short_name, scenarios), *([ALL] if across else [])]

@@ -76,6 +76,28 @@ def test_report_writes_the_readme_block_and_check_catches_an_edit(tmp_path):
     assert checked.returncode == 1 and "is not the output of eval/report.py" in checked.stderr
 
 
+def test_an_unsettled_claim_says_when_the_observed_difference_is_the_opposite_of_the_claim(tmp_path):
+    from eval.aggregate import load_runs
+
+    results = fake_study(tmp_path)
+    kept = {  # return kept under the shift: CAMAL a little above vanilla on basic, a little below on the other
+        "basic": {"camal": [0.60, 0.75, 0.70, 0.65, 0.80], "vanilla": [0.50, 0.70, 0.60, 0.80, 0.55]},
+        "defend_the_center": {"camal": [0.50, 0.70, 0.60, 0.80, 0.55], "vanilla": [0.60, 0.75, 0.70, 0.65, 0.80]}}
+    for env, by_method in kept.items():
+        for method, ratios in by_method.items():
+            for seed, ratio in zip(SEEDS, ratios):
+                shift = dict(shift_return_ratio=ratio, shift_action_agreement=0.9)
+                (results / f"{env}__{method}__{seed}" / "shift_eval.json").write_text(json.dumps({"means": shift}))
+    runs = load_runs(results)
+    args = report.Args(results=str(results), reps=200)
+    values = {id(r): report.run_values(r, args.final_fraction) for r in runs}
+    claim = ("shift_return_ratio", "vanilla", "greater")
+    basic = report.verdict(runs, values, *claim, ["basic"], args)
+    center = report.verdict(runs, values, *claim, ["defend_the_center"], args)
+    assert basic.startswith("not settled (p=") and "seeds each for 80% power" in basic
+    assert center.startswith("not settled, leaning reversed (p=")
+
+
 def test_a_readme_without_markers_is_refused_before_any_work(tmp_path):
     fake_study(tmp_path)
     (tmp_path / "README.md").write_text("# no markers\n")
