@@ -529,10 +529,19 @@ def wait_for_locks(results_dir: Path, names: list[str], timeout: float) -> list[
     return held
 
 
+def start_order(runs: list[Run], states: dict[str, str]) -> list[Run]:
+    """The unfinished runs in the order they are handed to Ray: those to resume first, then seed by seed
+    (every scenario and method of a seed before the next seed), so that a study stopped part-way has its
+    methods at the same seeds, which is what its comparisons need."""
+    seeds = list(dict.fromkeys(run.seed for run in runs))
+    unfinished = [run for run in runs if states[run.name] != "done"]
+    return sorted(unfinished, key=lambda run: (states[run.name] != "partial", seeds.index(run.seed)))
+
+
 def run_study(args: Args, study: Study, results_dir: Path) -> int:
     """Run every unfinished run of the study on Ray; the exit code (0: all done)."""
     states = {run.name: run_state(results_dir / run.name, run)[0] for run in study.runs}
-    todo = [run for run in study.runs if states[run.name] != "done"]
+    todo = start_order(study.runs, states)
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "new")}
     print(f"study {study.name}: {len(study.runs)} runs in {results_dir}: {counts['done']} done, "
           f"{counts['partial']} to resume, {counts['new']} to start", flush=True)

@@ -195,6 +195,17 @@ def test_part_of_a_study_runs_under_the_names_of_the_whole():
             study.select_runs(paper, scenarios, methods, seeds)
 
 
+def test_unfinished_runs_start_seed_by_seed_after_the_runs_to_resume():
+    """Two cores run the first two runs handed over: a study stopped part-way then has its methods at the
+    same seeds (vanilla's five seeds first would leave CAMAL nothing to be compared with)."""
+    paper = study.select_runs(study.load_study(str(ROOT / "experiments" / "paper.toml")), ["basic"], ["vanilla", "camal"])
+    states = {run.name: "new" for run in paper.runs}
+    states.update({"basic__vanilla__1": "done", "basic__camal__1": "done", "basic__camal__3": "partial"})
+    order = [run.name for run in study.start_order(paper.runs, states)]
+    assert order == ["basic__camal__3", "basic__vanilla__2", "basic__camal__2", "basic__vanilla__3",
+                     "basic__vanilla__4", "basic__camal__4", "basic__vanilla__5", "basic__camal__5"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
