@@ -244,16 +244,29 @@ def verdict(runs: list[Run], values: dict, metric: str, other: str, direction: s
     return f"not settled{leaning} ({p_text(p)}, {n}{power})"
 
 
-def complete_scenarios(runs: list[Run], scenarios: list[str]) -> list[str]:
-    """The scenarios where every method that ran there has all its seeds (as many as on any scenario): the
-    statistics across scenarios use only these, so that a scenario still in progress, with a seed or two of
-    a method, neither skews them nor leaves its IQM without a seeds x scenarios table."""
+def complete_runs(runs: list[Run], reference: str) -> tuple[list[Run], str]:
+    """The runs that the statistics across scenarios use, and a sentence naming what they leave out: a method's
+    runs on a scenario count once it has all its seeds there (as many as on any scenario), and the reference's
+    too where the reference ran, so that a scenario still in progress neither skews a method's IQM with a seed or
+    two nor compares the reference over other scenarios than the method it is tested against."""
     def seeds(method, env):
         return {r.seed for r in runs if r.method == method and r.env == env}
 
-    methods = {r.method for r in runs}
-    most = {m: max(len(seeds(m, env)) for env in scenarios) for m in methods}
-    return [env for env in scenarios if all(len(seeds(m, env)) in (0, most[m]) for m in methods)]
+    most = {m: max(len(seeds(m, r.env)) for r in runs if r.method == m) for m in {r.method for r in runs}}
+
+    def complete(method, env):
+        return len(seeds(method, env)) == most[method]
+
+    kept = [r for r in runs if complete(r.method, r.env) and (not seeds(reference, r.env) or complete(reference, r.env))]
+    left = {}
+    for r in runs:
+        if r not in kept:
+            left.setdefault(short_name(r.env), set()).add(r.method)
+    if not left:
+        return kept, ""
+    pairs = "; ".join(f"{', '.join(sorted(methods))} on {env}" for env, methods in sorted(left.items()))
+    return kept, (f"Left out of the statistics across scenarios until the method (and {reference}) has all its "
+                  f"seeds there: {pairs}.")
 
 
 def report(runs: list[Run], args: Args, figures_link: str) -> list[str]:
@@ -274,24 +287,19 @@ def report(runs: list[Run], args: Args, figures_link: str) -> list[str]:
         budgets.setdefault(short_name(r.env), set()).add(r.total_timesteps)
     lines += ["Budgets (steps): " + ", ".join(f"{env} {'/'.join(f'{b:,}' for b in sorted(b))}"
                                              for env, b in budgets.items()) + ".", ""]
-    across_scenarios = complete_scenarios(runs, scenarios)
-    left_out = [env for env in scenarios if env not in across_scenarios]
-    in_progress = ""
-    if left_out:
-        in_progress = (f"Across {', '.join(map(short_name, across_scenarios))} only: "
-                       f"{', '.join(map(short_name, left_out))} is left out until each method there has as many seeds "
-                       "as on the other scenarios.")
+    across_runs, in_progress = complete_runs(runs, args.reference)
+    across_scenarios = [env for env in scenarios if any(r.env == env for r in across_runs)]
     for env in [*scenarios, ALL] if len(scenarios) > 1 else scenarios:
-        where = across_scenarios if env == ALL else [env]
-        present = [m for m in methods if any(r.method == m and r.env in where for r in runs)]
-        counts = {m: len({r.env for r in runs if r.method == m and r.env in where}) for m in present}
+        where, table_runs = (across_scenarios, across_runs) if env == ALL else ([env], runs)
+        present = [m for m in methods if any(r.method == m and r.env in where for r in table_runs)]
+        counts = {m: len({r.env for r in table_runs if r.method == m and r.env in where}) for m in present}
         others = [m for m in present if m != args.reference] if args.reference in present else []
         head = ["metric", *(m if env != ALL or counts[m] == len(where) else f"{m} ({counts[m]} scenarios)"
                             for m in present), *(f"p vs {m}" for m in others)]
         lines += [f"#### {'All scenarios' if env == ALL else short_name(env)}", ""]
         if env == ALL and in_progress:
             lines += [in_progress, ""]
-        lines += metric_table(runs, values, where, present, others, head, args) + [""]
+        lines += metric_table(table_runs, values, where, present, others, head, args) + [""]
     lines += ["#### The paper's claims, here", "",
               f"Verdict of the test in the claimed direction at alpha {args.alpha}; \"not settled\" gives the seeds "
               "per method that the observed difference would need for 80% power; \"leaning reversed\": the observed "
@@ -303,7 +311,7 @@ def report(runs: list[Run], args: Args, figures_link: str) -> list[str]:
     for claim, metric, other, direction in CLAIMS:
         cells = [verdict(runs, values, metric, other, direction, [env], args) for env in scenarios]
         if across:
-            cells.append(verdict(runs, values, metric, other, direction, across_scenarios, args))
+            cells.append(verdict(across_runs, values, metric, other, direction, across_scenarios, args))
         lines.append("| " + " | ".join([claim, *cells]) + " |")
     return lines
 
@@ -327,18 +335,19 @@ def replace_block(text: str, block: list[str], results: str, readme: str) -> str
 
 def figure_parts(args: Args, runs: list[Run]) -> list[tuple[str, list[str], list[str], list[int]]]:
     """(name, scenarios, methods, seeds) of each set of figures: all methods, and the reference with the
-    baseline, each on the scenarios of the tables across scenarios (complete_scenarios) where all its
-    methods ran, over the seeds every method has on them (eval/aggregate.py needs equal seeds)."""
+    baseline, each on the scenarios where all its methods have runs in the tables across scenarios
+    (complete_runs), over the seeds every method has on them (eval/aggregate.py needs equal seeds)."""
     methods = sorted({r.method for r in runs})
-    across = complete_scenarios(runs, sorted({r.env for r in runs}))
+    kept, _ = complete_runs(runs, args.reference)
     pair = [m for m in (args.baseline, args.reference) if m in methods]
     parts = [("all_methods", methods)] + ([(f"{args.reference}_vs_{args.baseline}", pair)] if len(pair) == 2 else [])
     sets = []
     for name, part_methods in parts:
-        part_scenarios = [env for env in across if {r.method for r in runs if r.env == env} >= set(part_methods)]
+        part_scenarios = sorted(env for env in {r.env for r in kept}
+                                if {r.method for r in kept if r.env == env} >= set(part_methods))
         if not part_scenarios or any(part_scenarios == scenarios for _, scenarios, _, _ in sets):
             continue
-        seeds = set.intersection(*({r.seed for r in runs if r.env == env and r.method == m}
+        seeds = set.intersection(*({r.seed for r in kept if r.env == env and r.method == m}
                                    for env in part_scenarios for m in part_methods))
         if seeds:
             sets.append((name, part_scenarios, part_methods, sorted(seeds)))

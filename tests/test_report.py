@@ -137,13 +137,13 @@ def test_figures_of_a_study_in_progress_are_over_the_scenarios_of_the_tables_acr
         ("camal_vs_vanilla", ["basic", "defend_the_center"], ["vanilla", "camal"], SEEDS)]
     shutil.rmtree(results / "basic__camal__5")  # camal's seed 5 on basic still training
     runs = load_runs(results)
-    assert report.complete_scenarios(runs, ["basic", "defend_the_center"]) == ["defend_the_center"]
+    assert {r.env for r in report.complete_runs(runs, "camal")[0]} == {"defend_the_center"}
     # basic is left out of the figures as of the tables across scenarios, not drawn over fewer seeds
     assert report.figure_parts(args, runs) == [
         ("camal_vs_vanilla", ["defend_the_center"], ["vanilla", "camal"], SEEDS)]
 
 
-def test_across_scenarios_leaves_out_a_scenario_still_in_progress(tmp_path):
+def test_across_scenarios_leaves_out_a_scenario_where_the_reference_is_in_progress(tmp_path):
     import shutil
 
     from eval.aggregate import load_runs
@@ -151,16 +151,43 @@ def test_across_scenarios_leaves_out_a_scenario_still_in_progress(tmp_path):
     results = fake_study(tmp_path)
     runs = load_runs(results)
     # RRR never ran on defend_the_center: that scenario is complete without it
-    assert report.complete_scenarios(runs, ["basic", "defend_the_center"]) == ["basic", "defend_the_center"]
+    assert report.complete_runs(runs, "camal") == (runs, "")
     for seed in (2, 3, 4, 5):  # CAMAL's defend_the_center runs: only seed 1 finished so far
         shutil.rmtree(results / f"defend_the_center__camal__{seed}")
     runs = load_runs(results)
-    assert report.complete_scenarios(runs, ["basic", "defend_the_center"]) == ["basic"]
+    kept, left_out = report.complete_runs(runs, "camal")
+    assert {r.env for r in kept} == {"basic"}  # vanilla's complete runs there wait for CAMAL's
+    assert left_out.endswith("has all its seeds there: camal, vanilla on defend_the_center.")
     lines = report.report(runs, report.Args(results=str(results), reps=200), "figures")
     text = "\n".join(lines)
     across = text.split("#### All scenarios")[1].split("#### The paper's claims")[0]
-    assert "Across basic only: defend_the_center is left out" in across
+    assert left_out in across
     assert "n/a" not in across  # vanilla's 5 + 1 seeds no longer leave its IQM without a table
     claims = text.split("#### The paper's claims, here")[1]
     alignment = next(line for line in claims.splitlines() if line.startswith("| alignment gain over vanilla"))
     assert alignment.endswith("(p<0.001, n=5 vs 5) |")  # the last column over basic alone
+
+
+def test_a_control_still_in_progress_leaves_only_its_own_runs_out_of_the_statistics_across_scenarios(tmp_path):
+    from eval.aggregate import load_runs
+
+    results = fake_study(tmp_path)
+    means = dict(relevance_mass=0.1, relevance_mass_chance=0.05, relevance_rank=0.3, pointing_game=0.3)
+    write_record(results / "defend_the_center__rrr__1", "defend_the_center", "rrr", 1, 50.0, means,
+                 dict(shift_return_ratio=0.8, shift_action_agreement=0.9))  # RRR's first seed there, of five
+    runs = load_runs(results)
+    kept, left_out = report.complete_runs(runs, "camal")
+    assert [r for r in runs if r not in kept] == [r for r in runs if r.method == "rrr" and r.env == "defend_the_center"]
+    assert left_out.endswith(": rrr on defend_the_center.")
+    text = "\n".join(report.report(runs, report.Args(results=str(results), reps=200), "figures"))
+    across = text.split("#### All scenarios")[1].split("#### The paper's claims")[0]
+    assert "| metric | vanilla | camal | rrr (1 scenarios) |" in across  # vanilla and CAMAL over both scenarios
+    claims = text.split("#### The paper's claims, here")[1].splitlines()
+    over_vanilla = next(line for line in claims if line.startswith("| alignment gain over vanilla"))
+    over_rrr = next(line for line in claims if line.startswith("| alignment gain over RRR"))
+    assert over_vanilla.split(" | ")[-1].startswith("**yes**") and over_vanilla.endswith(", n=10 vs 10) |")
+    assert over_rrr.split(" | ")[-1].startswith("**yes**") and over_rrr.endswith(", n=5 vs 5) |")
+    args = report.Args(results=str(results))
+    assert report.figure_parts(args, runs) == [
+        ("all_methods", ["basic"], ["camal", "rrr", "vanilla"], SEEDS),
+        ("camal_vs_vanilla", ["basic", "defend_the_center"], ["vanilla", "camal"], SEEDS)]
