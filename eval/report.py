@@ -260,7 +260,7 @@ def complete_runs(runs: list[Run], reference: str) -> tuple[list[Run], str]:
     kept = [r for r in runs if complete(r.method, r.env) and (not seeds(reference, r.env) or complete(reference, r.env))]
     left = {}
     for r in runs:
-        if r not in kept:
+        if not any(r is k for k in kept):
             left.setdefault(short_name(r.env), set()).add(r.method)
     if not left:
         return kept, ""
