@@ -257,10 +257,11 @@ def complete_runs(runs: list[Run], reference: str) -> tuple[list[Run], str]:
     def complete(method, env):
         return len(seeds(method, env)) == most[method]
 
-    kept = [r for r in runs if complete(r.method, r.env) and (not seeds(reference, r.env) or complete(reference, r.env))]
-    left = {}
+    kept, left = [], {}
     for r in runs:
-        if not any(r is k for k in kept):
+        if complete(r.method, r.env) and (not seeds(reference, r.env) or complete(reference, r.env)):
+            kept.append(r)
+        else:
             left.setdefault(short_name(r.env), set()).add(r.method)
     if not left:
         return kept, ""
