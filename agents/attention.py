@@ -6,12 +6,14 @@ Shapes: features A (B, K, h, w), logits (B, num_actions), masks G (B, H, W) in {
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-MASK_SOURCES = ("labels", "random", "shuffled")
+MASK_SOURCES = ("labels", "random", "shuffled", "uniform")
+ATTENTION_LOSSES = ("camal", "rrr", "entropy")
 
 
 def grad_cam(
@@ -174,9 +176,28 @@ def camal_loss_low_res(cams: torch.Tensor, masks: torch.Tensor | ProjectedMasks)
     on_mask = (cams * masks.on_map).sum(dim=(1, 2))
     total = (cams * torch.outer(rows.sum(dim=0), cols.sum(dim=0))).sum(dim=(1, 2))
     alpha = on_mask / scale / masks.inside.clamp(min=1.0)
-    beta = (total - on_mask) / scale / (height * width - masks.inside).clamp(min=1.0)
+    outside = height * width - masks.inside
+    # no outside (uniform masks): beta is 0, not the float rounding left by total - on_mask
+    beta = torch.where(outside > 0, (total - on_mask) / scale / outside.clamp(min=1.0), torch.zeros_like(total))
     valid = (masks.inside > 0).to(cams.dtype)
     return ((beta - alpha) * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+def entropy_loss(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The generic attention regulariser: the entropy of each map taken as a distribution over its pixels,
+    ``H(p) / log(H W)`` with ``p = (M + eps) / sum(M + eps)``, in [0, 1], averaged over the frames with a
+    non-empty mask (the frames CAMAL's loss averages over), 0 with zero gradients if there are none.
+
+    ``maps`` (B, H, W) are the un-normalised Grad-CAM maps; the masks only choose the frames. Dividing by
+    ``log(H W)`` puts the loss on CAMAL's scale (a uniform map 1, a map on one pixel 0); ``eps`` keeps
+    ``p log p`` finite and makes an all-zero map uniform (entropy 1), so switching attention off does not
+    lower the loss.
+    """
+    flat = maps.flatten(1) + 1e-12
+    p = flat / flat.sum(dim=1, keepdim=True)
+    entropy = -(p * p.log()).sum(dim=1) / math.log(flat.shape[1])
+    valid = has_target(masks).to(maps.dtype)
+    return (entropy * valid).sum() / valid.sum().clamp(min=1.0)
 
 
 def rrr_loss(inputs: torch.Tensor, log_probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -234,10 +255,21 @@ def shuffled_masks(masks: torch.Tensor, generator: torch.Generator | None = None
     return shuffled
 
 
+def uniform_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Every pixel is a target on the frames that have one (the others stay empty, so the same frames count).
+
+    CAMAL's loss then has no outside (beta = 0) and reduces to ``-mean(N)``: it pulls the peak-normalised map
+    towards a flat one, attention spread over the whole frame.
+    """
+    return has_target(masks).view(-1, 1, 1).expand_as(masks).to(masks.dtype).clone()
+
+
 def training_masks(masks: torch.Tensor, source: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """The masks the attention loss sees: the true ones (``labels``) or an uninformative control."""
     if source == "labels":
         return masks
+    if source == "uniform":
+        return uniform_masks(masks)
     if source == "random":
         return random_blob_masks(masks, generator)
     if source == "shuffled":
@@ -251,14 +283,18 @@ def attention_loss(
     cams: torch.Tensor | None = None,
     inputs: torch.Tensor | None = None,
     log_probs: torch.Tensor | None = None,
+    maps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The attention loss of a minibatch, before its coefficient lambda: ``camal`` on ``cams``, the
     differentiable Grad-CAM maps of the taken actions at the conv layer's resolution (B, h, w)
     (``linear_head_grad_cam`` without a size; see ``camal_loss_low_res``, which also takes the masks as
     ``project_masks`` gives them), or ``rrr`` on the input
-    gradient of ``log_probs`` (``inputs`` must require grad and be what ``log_probs`` was computed from)."""
+    gradient of ``log_probs`` (``inputs`` must require grad and be what ``log_probs`` was computed from),
+    or ``entropy`` on ``maps``, the same Grad-CAM maps upsampled to the masks' size (B, H, W)."""
     if kind == "camal":
         return camal_loss_low_res(cams, masks)
     if kind == "rrr":
         return rrr_loss(inputs, log_probs, masks)
-    raise ValueError(f"unknown attention loss '{kind}'; valid: camal, rrr")
+    if kind == "entropy":
+        return entropy_loss(maps, masks)
+    raise ValueError(f"unknown attention loss '{kind}'; valid: {', '.join(ATTENTION_LOSSES)}")

@@ -139,13 +139,15 @@ class Args:
     """stop the update early when the approximate KL exceeds this"""
 
     # Attention loss (docs/method.md s.4)
-    attn_loss: Literal["none", "camal", "rrr"] = "camal"
-    """attention loss: none (vanilla PPO), camal, or rrr (Right for the Right Reasons control)"""
+    attn_loss: Literal["none", "camal", "rrr", "entropy"] = "camal"
+    """attention loss: none (vanilla PPO), camal, rrr (Right for the Right Reasons control) or entropy (the
+    generic regulariser control: minimise the map's entropy, no mask)"""
     camal_coef: float | None = None
-    """lambda: weight of the attention loss; default 0.1 for camal, 0.01 for rrr (README: choice of lambda,
-    RRR sweep); 0 reproduces vanilla PPO"""
-    mask_source: Literal["labels", "random", "shuffled"] = "labels"
-    """masks the attention loss sees: labels (true), random (same-area blobs) or shuffled (another frame's)"""
+    """lambda: weight of the attention loss; default 0.1 for camal, 0.01 for rrr, 0.1 for entropy (README:
+    choice of lambda); 0 reproduces vanilla PPO"""
+    mask_source: Literal["labels", "random", "shuffled", "uniform"] = "labels"
+    """masks the attention loss sees: labels (true), random (same-area blobs), shuffled (another frame's) or
+    uniform (the whole frame, on frames with a target)"""
 
     # filled in at runtime
     method: tyro.conf.Suppress[str] = ""
@@ -164,7 +166,7 @@ RESUME_CHANGEABLE = ("total_timesteps", "cuda", "track", "wandb_project_name", "
                      "acting_threads", "keep_freed_memory")
 # lambda of each attention loss when --camal-coef is not given: the largest value that did not slow
 # learning on basic in its sweep (README: choice of lambda, RRR sweep)
-DEFAULT_ATTENTION_COEF = {"none": 0.0, "camal": 0.1, "rrr": 0.01}
+DEFAULT_ATTENTION_COEF = {"none": 0.0, "camal": 0.1, "rrr": 0.01, "entropy": 0.1}
 SEED_MAX = 2**32 - 1  # numpy's seed range is [0, 2**32 - 1]
 NO_TARGET_UPDATES = 3  # an attention-loss run that sees no target in this many first updates is warned
 
@@ -682,8 +684,8 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
                                                 args.num_iterations - begin.iteration)
 
             # CAMAL: the true masks as its loss sees them, once per rollout (they stay the same over the epochs)
-            b_projected = (project_masks(b_masks, Agent.MAP_SIZE)
-                           if args.attn_loss == "camal" and args.mask_source == "labels" else None)
+            b_projected = (project_masks(training_masks(b_masks, args.mask_source), Agent.MAP_SIZE)
+                           if args.attn_loss == "camal" and args.mask_source in ("labels", "uniform") else None)
 
             # Optimizing the policy and value network
             b_inds = np.arange(args.batch_size)
@@ -744,8 +746,10 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
                         else:  # RRR's pixel masks, or a control's masks drawn anew for every minibatch
                             mb_masks = training_masks(b_masks[mb_inds], args.mask_source, mask_generator)
                         cams = agent.grad_cam(features, hidden, b_actions[mb_inds]) if args.attn_loss == "camal" else None
+                        maps = (agent.grad_cam(features, hidden, b_actions[mb_inds], mask_shape)
+                                if args.attn_loss == "entropy" else None)
                         attn_loss = attention_loss(args.attn_loss, mb_masks, cams=cams, inputs=mb_unit_pixels,
-                                                   log_probs=newlogprob)
+                                                   log_probs=newlogprob, maps=maps)
                         loss = loss + args.camal_coef * attn_loss
                         attn_losses.append(attn_loss.detach())
                         terms[f"{args.attn_loss}_loss"] = attn_loss

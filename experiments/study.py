@@ -49,6 +49,8 @@ METHODS: dict[str, list[str]] = {
     "camal-random": ["--attn-loss", "camal", "--mask-source", "random"],
     "camal-shuffled": ["--attn-loss", "camal", "--mask-source", "shuffled"],
     "rrr": ["--attn-loss", "rrr"],
+    "entropy": ["--attn-loss", "entropy"],
+    "camal-uniform": ["--attn-loss", "camal", "--mask-source", "uniform"],
 }
 # agent flags the runner sets itself (from the run's scenario, method, seed, budget, folder, resources)
 RUNNER_FLAGS = {"env", "seed", "total_timesteps", "runs_dir", "resume", "attn_loss", "mask_source", "cuda",

@@ -183,6 +183,8 @@ def test_two_launches_in_the_same_second_get_two_run_folders(tmp_path):
 @pytest.mark.parametrize("flags, method, loss_tag", [
     (["--attn-loss", "rrr"], "rrr", "losses/rrr_loss"),
     (["--attn-loss", "camal", "--mask-source", "shuffled"], "camal-shuffled", "losses/camal_loss"),
+    (["--attn-loss", "camal", "--mask-source", "uniform"], "camal-uniform", "losses/camal_loss"),
+    (["--attn-loss", "entropy"], "entropy", "losses/entropy_loss"),
 ])
 def test_control_runs_are_labelled_for_aggregation(tmp_path, flags, method, loss_tag):
     run_dir = train(tmp_path, "--env", "basic", "--total-timesteps", "128", "--no-cuda", *flags)
