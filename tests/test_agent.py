@@ -198,7 +198,7 @@ def test_attention_coefficient_defaults_per_loss_and_an_explicit_value_wins():
     """Without --camal-coef each loss gets its own tuned lambda (RRR's penalty is far larger than CAMAL's);
     the resolved value is what config.json records."""
     resolved = {}
-    for loss in ("none", "camal", "rrr"):
+    for loss in ("none", "camal", "rrr", "entropy"):
         args = Args(attn_loss=loss)
         set_runtime_fields(args)
         resolved[loss] = args.camal_coef
