@@ -35,8 +35,8 @@ from agents.attention import grad_cam, has_target, normalise_maps, random_blob_m
 from agents.ppo_camal import CHECKPOINT, CONFIG, SEED_MAX, Agent, check_writable_dir
 from envs import check_scenario, make_env
 from masks import mask_outline
-from eval.metrics import (chance_levels, deletion_insertion, occlusion_drop, pointing_game, relevance_mass,
-                          relevance_rank, zero_maps)
+from eval.metrics import (chance_levels, deletion_insertion, dilate_to_cells, occlusion_drop, pointing_game,
+                          relevance_mass, relevance_rank, zero_maps)
 
 RESULT_FILE = "attention_eval.json"
 CURVES_PLOT = "deletion_insertion.png"
@@ -278,6 +278,10 @@ def evaluate_batch(agent: Agent, pixels: torch.Tensor, masks: torch.Tensor, step
         scores["occlusion_drop"] = occlusion_drop(prob_fn, used_pixels, used_masks, used_best)
         blobs = random_blob_masks(used_masks.cpu(), generator).to(used_masks.device)  # same area, random place
         scores["occlusion_drop_random"] = occlusion_drop(prob_fn, used_pixels, blobs, used_best)
+        dilated = dilate_to_cells(used_masks, Agent.MAP_SIZE)  # the target at the map's resolution
+        scores["occlusion_drop_dilated"] = occlusion_drop(prob_fn, used_pixels, dilated, used_best)
+        dilated_blobs = random_blob_masks(dilated.cpu(), generator).to(used_masks.device)
+        scores["occlusion_drop_dilated_random"] = occlusion_drop(prob_fn, used_pixels, dilated_blobs, used_best)
         by_map = deletion_insertion(prob_fn, used_pixels, used_maps, used_best, steps, order="map",
                                     generator=generator, ties=ranked_ties)
         by_chance = deletion_insertion(prob_fn, used_pixels, used_maps, used_best, steps, order="random",
@@ -316,7 +320,7 @@ def evaluate(agent: Agent, frames: Frames, steps: int, batch_size: int, seed: in
 
 ALIGNMENT = ("relevance_mass", "relevance_rank", "pointing_game")
 FAITHFULNESS = ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random",
-                "occlusion_drop", "occlusion_drop_random")
+                "occlusion_drop", "occlusion_drop_random", "occlusion_drop_dilated", "occlusion_drop_dilated_random")
 
 
 def mean_or_nan(values: torch.Tensor | None) -> float:
@@ -453,6 +457,8 @@ def print_table(result: dict) -> None:
     lines += ["", f"{'occlusion':<16}{'target':>10}{'random':>10}"]
     lines.append(f"{'occlusion_drop':<16}{show(means['occlusion_drop']):>10}{show(means['occlusion_drop_random']):>10}"
                  "   (drop of pi(a*|x); random: a blob of equal area)")
+    lines.append(f"{'  dilated':<16}{show(means['occlusion_drop_dilated']):>10}"
+                 f"{show(means['occlusion_drop_dilated_random']):>10}   (the target grown by half a map cell)")
     print("\n".join(lines))
 
 
@@ -491,6 +497,8 @@ def build_result(args: Args, loaded: LoadedAgent, frames: Frames, evaluation: Ev
             "Deletion: lower is more faithful; insertion: higher. *_random: the same with a random pixel order. "
             "occlusion_drop: pi(a*|x) minus pi(a*|x) with the target mask at the deletion baseline 0 in all 4 frames; "
             "occlusion_drop_random: the same for a random blob of equal area. "
+            "occlusion_drop_dilated(_random): the same with the target mask grown by half a Grad-CAM cell on every "
+            "side (eval.metrics.dilate_to_cells), and a random blob of that area. "
             "A mean is NaN when no frame is left to average."
         ),
     }

@@ -192,6 +192,16 @@ def occlusion_drop(prob_fn: Callable[[torch.Tensor], torch.Tensor], obs: torch.T
     return chosen[:len(obs)] - chosen[len(obs):]
 
 
+def dilate_to_cells(masks: torch.Tensor, map_size: tuple[int, int]) -> torch.Tensor:
+    """``masks`` (B, H, W) grown by half a Grad-CAM cell on every side (a square of about one cell, 13 x 13
+    pixels for 84 x 84 frames and a 7 x 7 map, around each target pixel): a target region as coarse as the
+    map that explains it, for occlusion tests."""
+    cell = min(masks.shape[-2] // map_size[0], masks.shape[-1] // map_size[1])
+    half = cell // 2
+    grown = torch.nn.functional.max_pool2d(masks[:, None].float(), 2 * half + 1, stride=1, padding=half)
+    return grown[:, 0].bool().to(masks.dtype)
+
+
 def occlude(obs: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """``obs`` (B, C, H, W) with the pixels of ``regions`` (B, H, W) set to the removal baseline 0 in every frame."""
     return obs * ~regions.bool().unsqueeze(1)

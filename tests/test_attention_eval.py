@@ -18,7 +18,8 @@ from eval.attention import GIF_MAX_FRAMES, GIF_SCALE, Args, main
 ROOT = Path(__file__).resolve().parents[1]
 MEAN_KEYS = {"relevance_mass", "relevance_mass_chance", "relevance_rank", "relevance_rank_chance",
              "pointing_game", "pointing_game_chance", "deletion_auc", "deletion_auc_random",
-             "insertion_auc", "insertion_auc_random", "occlusion_drop", "occlusion_drop_random"}
+             "insertion_auc", "insertion_auc_random", "occlusion_drop", "occlusion_drop_random",
+             "occlusion_drop_dilated", "occlusion_drop_dilated_random"}
 TOP_KEYS = {"run", "env", "method", "seed", "checkpoint_step", "frames_total", "frames_used",
             "frames_empty_mask", "frames_zero_map", "episodes", "mean_return", "means"}
 DELETION_STEPS = 5  # few steps keep the test fast; the metric code is tested in test_metrics.py

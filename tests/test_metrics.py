@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from agents.attention import random_blob_masks
-from eval.metrics import (chance_levels, deletion_insertion, occlude, occlusion_drop, pixel_order, pointing_game,
-                          relevance_mass, relevance_rank, zero_maps)
+from eval.metrics import (chance_levels, deletion_insertion, dilate_to_cells, occlude, occlusion_drop, pixel_order,
+                          pointing_game, relevance_mass, relevance_rank, zero_maps)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -227,3 +227,17 @@ def test_occlusion_changes_only_the_mask_region_and_the_random_region_only_its_o
     elsewhere = torch.zeros_like(region)
     elsewhere[:, 10:14, 0:4] = True
     assert torch.allclose(occlusion_drop(model, obs, elsewhere, actions), torch.zeros(BATCH))
+
+
+def test_the_dilated_target_grows_by_half_a_map_cell_and_occluding_it_changes_only_that_region():
+    masks = torch.zeros(2, 84, 84, dtype=torch.bool)
+    masks[0, 40, 40] = True  # one pixel -> a 13 x 13 square (cells of 12 pixels: half a cell, 6, each side)
+    masks[1, 0:3, 80:84] = True  # at the border the square is cut off by the frame
+    dilated = dilate_to_cells(masks, (7, 7))
+    assert dilated.dtype == masks.dtype and (dilated | ~masks).all()  # contains the mask
+    rows, cols = torch.nonzero(dilated[0], as_tuple=True)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (34, 46, 34, 46) and len(rows) == 13 * 13
+    assert dilated[1].sum() == (3 + 6) * (4 + 6)
+    obs = torch.rand(2, 4, 84, 84) + 0.1
+    changed = (occlude(obs, dilated) != obs).any(dim=1)
+    assert torch.equal(changed, dilated)
