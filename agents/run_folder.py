@@ -6,6 +6,9 @@ A run folder ``runs/ENV__EXP_NAME__SEED__TIME/`` holds:
     attention_eval.json   eval/attention.py's result (alignment, faithfulness, occlusion)
     shift_eval.json       eval/shift.py's result (the background-shift test)
     returns.csv           eval/record.py's episodic returns (step, return), exported from tensorboard
+A classifier run (agents/camal_classifier.py) has config.json and checkpoint.pt too, and:
+    curves.csv            one row per epoch: losses, accuracies, relevance mass, images/s
+    classifier_eval.json  eval/classifier.py's result
     events.out.tfevents.* tensorboard
 """
 
@@ -16,3 +19,5 @@ CHECKPOINT = "checkpoint.pt"
 ATTENTION_EVAL = "attention_eval.json"
 SHIFT_EVAL = "shift_eval.json"
 RETURNS = "returns.csv"
+CURVES = "curves.csv"
+CLASSIFIER_EVAL = "classifier_eval.json"
