@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval import selection  # noqa: E402
-from eval.aggregate import SkippedRun, find_run_dirs, load_run  # noqa: E402
+from eval import selection
+from eval.aggregate import SkippedRun, find_run_dirs, load_run
 
 
 @dataclass

@@ -15,8 +15,8 @@ from agents.ppo_camal import Args as TrainArgs
 from agents.ppo_camal import main as train_main
 from eval.attention import Args as EvalArgs
 from eval.attention import main as eval_main
-from masks.preview import Args as PreviewArgs
-from masks.preview import main as preview_main
+from envs.preview import Args as PreviewArgs
+from envs.preview import main as preview_main
 
 ROOT = Path(__file__).resolve().parents[1]
 UNWRITABLE = "/proc/camal-test"  # /proc takes no new folders, even for root (chmod does not stop root)
@@ -113,7 +113,7 @@ def test_mask_preview_refuses_bad_arguments(overrides, message, in_empty_folder)
 
 
 def test_mask_preview_cli_exits_1_with_one_line(in_empty_folder):
-    done = subprocess.run([sys.executable, str(ROOT / "masks/preview.py"), "--every", "0"], cwd=in_empty_folder,
+    done = subprocess.run([sys.executable, str(ROOT / "envs/preview.py"), "--every", "0"], cwd=in_empty_folder,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == ["error: --every must be >= 1, got 0"]

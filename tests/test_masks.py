@@ -161,7 +161,7 @@ def test_unknown_scenario_in_targets_for_names_the_valid_ones():
 
 
 def test_preview_writes_a_png(tmp_path):
-    from masks.preview import Args, main
+    from envs.preview import Args, main
 
     out = tmp_path / "preview.png"
     main(Args(env="health_gathering", frames=2, every=3, out=str(out), targets="Medikit"))

@@ -22,8 +22,8 @@ from eval.shift import main as evaluate_shift
 from eval.random_baseline import Args as BaselineArgs
 from eval.random_baseline import main as random_baseline
 from masks.labels import KNOWN_OBJECTS
-from masks.preview import Args as PreviewArgs
-from masks.preview import main as preview
+from envs.preview import Args as PreviewArgs
+from envs.preview import main as preview
 from scenarios import SCENARIOS, check_scenario, wad_path
 
 ROOT = Path(__file__).resolve().parents[1]

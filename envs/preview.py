@@ -5,9 +5,9 @@ Plays the scenario with a random policy and writes a PNG grid: for each captured
 (newest frame of the stack) with its mask. Masks are drawn as a translucent fill plus an outline;
 each frame's title lists the objects inside the mask.
 
-    python masks/preview.py --env basic --frames 8 --out mask_preview.png
-    python masks/preview.py --env deadly_corridor --targets Monster,Explosive
-    python masks/preview.py --env path/to/my.cfg --targets Cacodemon      # a custom scenario
+    python envs/preview.py --env basic --frames 8 --out mask_preview.png
+    python envs/preview.py --env deadly_corridor --targets Monster,Explosive
+    python envs/preview.py --env path/to/my.cfg --targets Cacodemon      # a custom scenario
 """
 
 from __future__ import annotations
