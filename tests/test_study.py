@@ -173,9 +173,10 @@ def test_shipped_studies_declare_their_runs():
     for env in scenarios:
         for method in ("vanilla", "camal"):
             assert sorted(r.seed for r in paper.runs if (r.env, r.method) == (env, method)) == [1, 2, 3, 4, 5]
-    controls = {(r.env, r.method) for r in paper.runs if r.method in ("camal-random", "rrr")}
-    assert controls == {(e, m) for e in ("basic", "defend_the_center") for m in ("camal-random", "rrr")}
-    assert len(paper.runs) == 4 * 2 * 5 + 2 * 2 * 5
+    control_methods = ("camal-random", "rrr", "entropy", "camal-uniform")
+    controls = {(r.env, r.method) for r in paper.runs if r.method in control_methods}
+    assert controls == {(e, m) for e in ("basic", "defend_the_center") for m in control_methods}
+    assert len(paper.runs) == 4 * 2 * 5 + 2 * 4 * 5
     rrr = next(r for r in paper.runs if r.method == "rrr")
     assert "--camal-coef" not in rrr.train_flags  # RRR runs at the trainer's tuned default (README: Choice of lambda)
 
