@@ -143,7 +143,7 @@ class Args:
     """attention loss: none (vanilla PPO), camal, rrr (Right for the Right Reasons control) or entropy (the
     generic regulariser control: minimise the map's entropy, no mask)"""
     camal_coef: float | None = None
-    """lambda: weight of the attention loss; default 0.1 for camal, 0.01 for rrr, 0.1 for entropy (README:
+    """lambda: weight of the attention loss; default 0.1 for camal, 0.01 for rrr, 1 for entropy (docs/agent.md:
     choice of lambda); 0 reproduces vanilla PPO"""
     mask_source: Literal["labels", "random", "shuffled", "uniform"] = "labels"
     """masks the attention loss sees: labels (true), random (same-area blobs), shuffled (another frame's) or
@@ -166,7 +166,7 @@ RESUME_CHANGEABLE = ("total_timesteps", "cuda", "track", "wandb_project_name", "
                      "acting_threads", "keep_freed_memory")
 # lambda of each attention loss when --camal-coef is not given: the largest value that did not slow
 # learning on basic in its sweep (README: choice of lambda, RRR sweep)
-DEFAULT_ATTENTION_COEF = {"none": 0.0, "camal": 0.1, "rrr": 0.01, "entropy": 0.1}
+DEFAULT_ATTENTION_COEF = {"none": 0.0, "camal": 0.1, "rrr": 0.01, "entropy": 1.0}
 SEED_MAX = 2**32 - 1  # numpy's seed range is [0, 2**32 - 1]
 NO_TARGET_UPDATES = 3  # an attention-loss run that sees no target in this many first updates is warned
 
