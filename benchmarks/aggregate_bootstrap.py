@@ -1,9 +1,9 @@
-"""Speed and noise of eval/aggregate.py's stratified bootstrap on a 24-run study (4 methods x 2 scenarios x 3 seeds).
+"""Speed and noise of eval/stats.py's stratified bootstrap on a 24-run study (4 methods x 2 scenarios x 3 seeds).
 
     python benchmarks/aggregate_bootstrap.py --rounds 3 --reps 2000 --noise-seeds 10
 
-1. rliable's ``get_interval_estimates`` and the vectorised ``interval_estimates`` on the same score
-   matrices and seed, interleaved, ``--rounds`` times each: wall time and whether the intervals are equal.
+1. rliable's ``get_interval_estimates`` and eval/stats.py's vectorised ``interval_estimates`` on the same
+   score matrices and seed, interleaved, ``--rounds`` times each: wall time and whether the intervals are equal.
 2. Bootstrap noise of the CI endpoints at the default 50,000 reps: the standard deviation, over
    ``--noise-seeds`` bootstrap seeds, of each endpoint of the IQM, mean, median and optimality-gap CIs,
    for 4 methods of 3 seeds x 2 scenarios and of 10 seeds x 5 scenarios (uniform scores).
@@ -27,9 +27,8 @@ from rliable import metrics
 from torch.utils.tensorboard import SummaryWriter
 
 from eval.aggregate import Args as AggregateArgs
-from eval.aggregate import interval_estimates
 from eval.aggregate import main as aggregate
-from eval.aggregate import score_aggregates
+from eval.stats import interval_estimates, score_aggregates
 
 
 @dataclass
@@ -60,7 +59,7 @@ def main(args: Args) -> None:
         _, reference = rly.get_interval_estimates(scores, rliable_aggregates, reps=args.reps)
         times["rliable"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        _, vectorised = interval_estimates(scores, score_aggregates, args.reps, 0, "4 aggregates")
+        _, vectorised = interval_estimates(scores, score_aggregates, args.reps, np.random.RandomState(0))
         times["vectorised"].append(time.perf_counter() - start)
         equal = all(np.allclose(reference[m], vectorised[m], rtol=1e-12, atol=0) for m in scores)
     slow, fast = np.median(times["rliable"]), np.median(times["vectorised"])
@@ -70,8 +69,9 @@ def main(args: Args) -> None:
     reps = AggregateArgs.reps
     for seeds, scenarios in ((3, 2), (10, 5)):
         study = {m: rng.uniform(0.2, 0.9, size=(seeds, scenarios)) for m in ["vanilla", "camal", "rrr", "x"]}
-        endpoints = np.stack([np.stack([interval_estimates(study, score_aggregates, reps, seed, "noise")[1][m]
-                                        for m in study]) for seed in range(args.noise_seeds)])  # (seeds, methods, 2, 4)
+        endpoints = np.stack([np.stack(list(interval_estimates(study, score_aggregates, reps,
+                                                               np.random.RandomState(seed))[1].values()))
+                              for seed in range(args.noise_seeds)])  # (seeds, methods, 2, 4)
         spread = endpoints.std(axis=0, ddof=1)
         width = (endpoints[:, :, 1] - endpoints[:, :, 0]).mean(axis=0)
         print(f"\nCI endpoint noise at {reps} reps, {seeds} seeds x {scenarios} scenarios: std over "

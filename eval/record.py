@@ -21,9 +21,8 @@ from typing import Annotated
 import pandas as pd
 import tyro
 
-from eval.aggregate import EVALUATION_FILES, RETURNS_FILE, SkippedRun, check_output_folder, load_run
-
-CONFIG = "config.json"
+from agents.run_folder import CONFIG, RETURNS
+from eval.runs import EVALUATION_FILES, InputError, SkippedRun, check_output_folder, load_run
 
 
 @dataclass
@@ -47,11 +46,11 @@ class Args:
 
 def export_run(run_dir: Path, record_dir: Path, unfinished: bool = False) -> list[Path]:
     """Write the record of a complete run (or of one still training); returns the files written."""
-    run = load_run(run_dir, final_fraction=1.0 if unfinished else 0.1)
+    run = load_run(run_dir, final_fraction=1.0 if unfinished else 0.1, warn=lambda message: None)
     record_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / CONFIG, record_dir / CONFIG)
-    pd.DataFrame({"step": run.steps, "return": run.returns}).to_csv(record_dir / RETURNS_FILE, index=False)
-    written = [record_dir / CONFIG, record_dir / RETURNS_FILE]
+    pd.DataFrame({"step": run.steps, "return": run.returns}).to_csv(record_dir / RETURNS, index=False)
+    written = [record_dir / CONFIG, record_dir / RETURNS]
     for name in EVALUATION_FILES:
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, record_dir / name)
@@ -59,14 +58,22 @@ def export_run(run_dir: Path, record_dir: Path, unfinished: bool = False) -> lis
     return written
 
 
+def print_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(args: Args) -> None:
     """Check every run first, then export: a refused command writes nothing."""
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.study) or set(args.study) == {"."}:
         sys.exit(f"error: --study '{args.study}' must be a folder name of letters, digits, '.', '_' and '-'")
     study_dir = Path(args.results_dir) / args.study
-    check_output_folder(study_dir, "--results-dir/--study")
+    try:
+        check_output_folder(study_dir, "--results-dir/--study")
+    except InputError as error:
+        sys.exit(f"error: {error}")
     if args.new_only and (args.overwrite or args.unfinished):
-        sys.exit("error: --new-only exports finished runs without a record; it goes with neither --overwrite nor --unfinished")
+        sys.exit("error: --new-only exports finished runs without a record; it goes with neither --overwrite nor "
+                 "--unfinished")
     targets, skipped = [], []
     for run in args.runs:
         run_dir = Path(run)
@@ -77,7 +84,9 @@ def main(args: Args) -> None:
             sys.exit(f"error: {run}: not a run folder (no {CONFIG})")
         record_dir = study_dir / run_dir.resolve().name
         try:
-            load_run(run_dir, final_fraction=1.0 if args.unfinished else 0.1)
+            load_run(run_dir, final_fraction=1.0 if args.unfinished else 0.1, warn=print_warning)
+        except InputError as error:
+            sys.exit(f"error: {error}")
         except SkippedRun as reason:
             if args.new_only:
                 skipped.append(f"{run}: not finished ({reason})")

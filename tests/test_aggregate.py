@@ -15,8 +15,9 @@ from rliable import metrics
 from scipy.stats import trim_mean, ttest_ind
 from torch.utils.tensorboard import SummaryWriter
 
-from eval.aggregate import (Args, final_return, load_runs, main, probability_of_improvement, welch_p_value,
-                            windowed_mean_returns)
+from eval.aggregate import Args, main
+from eval.runs import final_return, load_runs
+from eval.stats import probability_of_improvement, welch_p_value, windowed_mean_returns
 from eval.record import Args as RecordArgs
 from eval.record import main as record_main
 from scenarios import SCENARIOS as RECORDS

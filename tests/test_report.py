@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval import report
+from eval import stats, tables
+from eval.runs import load_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [1, 2, 3, 4, 5]
@@ -47,7 +48,7 @@ def run_report(*flags, cwd):
 def test_report_writes_the_readme_block_and_check_catches_an_edit(tmp_path):
     results = fake_study(tmp_path)
     readme = tmp_path / "README.md"
-    begin, end = report.markers("results/fake")
+    begin, end = tables.markers("results/fake")
     readme.write_text(f"# Results\n\nprose kept\n{begin}\nold table\n{end}\nafter\n")
     assert run_report("results/fake", "--check", "README.md", "--reps", "500", cwd=tmp_path).returncode == 1
 
@@ -77,8 +78,6 @@ def test_report_writes_the_readme_block_and_check_catches_an_edit(tmp_path):
 
 
 def test_an_unsettled_claim_says_when_the_observed_difference_is_the_opposite_of_the_claim(tmp_path):
-    from eval.aggregate import load_runs
-
     results = fake_study(tmp_path)
     kept = {  # return kept under the shift: CAMAL a little above vanilla on basic, a little below on the other
         "basic": {"camal": [0.60, 0.75, 0.70, 0.65, 0.80], "vanilla": [0.50, 0.70, 0.60, 0.80, 0.55]},
@@ -89,11 +88,11 @@ def test_an_unsettled_claim_says_when_the_observed_difference_is_the_opposite_of
                 shift = dict(shift_return_ratio=ratio, shift_action_agreement=0.9)
                 (results / f"{env}__{method}__{seed}" / "shift_eval.json").write_text(json.dumps({"means": shift}))
     runs = load_runs(results)
-    args = report.Args(results=str(results), reps=200)
-    values = {id(r): report.run_values(r, args.final_fraction) for r in runs}
+    args = tables.Options(reps=200)
+    values = {id(r): tables.run_values(r, args.final_fraction) for r in runs}
     claim = ("shift_return_ratio", "vanilla", "greater")
-    basic = report.verdict(runs, values, *claim, ["basic"], args)
-    center = report.verdict(runs, values, *claim, ["defend_the_center"], args)
+    basic = tables.verdict(runs, values, *claim, ["basic"], args)
+    center = tables.verdict(runs, values, *claim, ["defend_the_center"], args)
     assert basic.startswith("not settled (p=") and "seeds each for 80% power" in basic
     assert center.startswith("not settled, leaning reversed (p=")
 
@@ -108,14 +107,14 @@ def test_a_readme_without_markers_is_refused_before_any_work(tmp_path):
 
 def test_permutation_test_and_power():
     same = [np.array([1.0, 2.0, 3.0]), np.array([5.0, 6.0, 7.0])]
-    assert report.stratified_permutation_p(same, [a.copy() for a in same], 2000, 0) == 1.0
+    assert stats.stratified_permutation_p(same, [a.copy() for a in same], 2000, np.random.default_rng(0)) == 1.0
     apart = [np.array([10.0, 11, 12, 13, 14]), np.array([20.0, 21, 22, 23, 24])]
     below = [a - 9 for a in apart]  # apart from the other method's values in both scenarios
-    assert report.stratified_permutation_p(apart, below, 5000, 0) < 0.01
+    assert stats.stratified_permutation_p(apart, below, 5000, np.random.default_rng(0)) < 0.01
     y = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
     x = y + 0.8 * y.std(ddof=1)  # Cohen's d = 0.8: the textbook 26 per group for 80% power at alpha 0.05
-    assert report.seeds_for_power(x, y, 0.05) == 26
-    assert report.seeds_for_power(x, y, 0.01) > 26 and report.seeds_for_power(y, y, 0.05) is None
+    assert stats.seeds_for_power(x, y, 0.05) == 26
+    assert stats.seeds_for_power(x, y, 0.01) > 26 and stats.seeds_for_power(y, y, 0.05) is None
 
 
 @pytest.mark.skipif(not (ROOT / "results" / "paper").is_dir(), reason="no records of the paper study yet")
@@ -127,38 +126,34 @@ def test_the_committed_results_page_is_the_reports_output():
 def test_figures_of_a_study_in_progress_are_over_the_scenarios_of_the_tables_across_scenarios(tmp_path):
     import shutil
 
-    from eval.aggregate import load_runs
-
     results = fake_study(tmp_path)
     runs = load_runs(results)
-    args = report.Args(results=str(results))
-    assert report.figure_parts(args, runs) == [
+    args = tables.Options()
+    assert tables.figure_parts(args, runs) == [
         ("all_methods", ["basic"], ["camal", "rrr", "vanilla"], SEEDS),
         ("camal_vs_vanilla", ["basic", "defend_the_center"], ["vanilla", "camal"], SEEDS)]
     shutil.rmtree(results / "basic__camal__5")  # camal's seed 5 on basic still training
     runs = load_runs(results)
-    assert {r.env for r in report.complete_runs(runs, "camal")[0]} == {"defend_the_center"}
+    assert {r.env for r in tables.complete_runs(runs, "camal")[0]} == {"defend_the_center"}
     # basic is left out of the figures as of the tables across scenarios, not drawn over fewer seeds
-    assert report.figure_parts(args, runs) == [
+    assert tables.figure_parts(args, runs) == [
         ("camal_vs_vanilla", ["defend_the_center"], ["vanilla", "camal"], SEEDS)]
 
 
 def test_across_scenarios_leaves_out_a_scenario_where_the_reference_is_in_progress(tmp_path):
     import shutil
 
-    from eval.aggregate import load_runs
-
     results = fake_study(tmp_path)
     runs = load_runs(results)
     # RRR never ran on defend_the_center: that scenario is complete without it
-    assert report.complete_runs(runs, "camal") == (runs, "")
+    assert tables.complete_runs(runs, "camal") == (runs, "")
     for seed in (2, 3, 4, 5):  # CAMAL's defend_the_center runs: only seed 1 finished so far
         shutil.rmtree(results / f"defend_the_center__camal__{seed}")
     runs = load_runs(results)
-    kept, left_out = report.complete_runs(runs, "camal")
+    kept, left_out = tables.complete_runs(runs, "camal")
     assert {r.env for r in kept} == {"basic"}  # vanilla's complete runs there wait for CAMAL's
     assert left_out.endswith("has all its seeds there: camal, vanilla on defend_the_center.")
-    lines = report.report(runs, report.Args(results=str(results), reps=200), "figures")
+    lines = tables.results_block(runs, tables.Options(reps=200), "figures")
     text = "\n".join(lines)
     across = text.split("#### All scenarios")[1].split("#### The paper's claims")[0]
     assert left_out in across
@@ -169,18 +164,16 @@ def test_across_scenarios_leaves_out_a_scenario_where_the_reference_is_in_progre
 
 
 def test_a_control_still_in_progress_leaves_only_its_own_runs_out_of_the_statistics_across_scenarios(tmp_path):
-    from eval.aggregate import load_runs
-
     results = fake_study(tmp_path)
     means = dict(relevance_mass=0.1, relevance_mass_chance=0.05, relevance_rank=0.3, pointing_game=0.3)
     write_record(results / "defend_the_center__rrr__1", "defend_the_center", "rrr", 1, 50.0, means,
                  dict(shift_return_ratio=0.8, shift_action_agreement=0.9))  # RRR's first seed there, of five
     runs = load_runs(results)
-    kept, left_out = report.complete_runs(runs, "camal")
+    kept, left_out = tables.complete_runs(runs, "camal")
     assert {(r.env, r.method, r.seed) for r in runs} - {(r.env, r.method, r.seed) for r in kept} == {
         ("defend_the_center", "rrr", 1)}
     assert left_out.endswith(": rrr on defend_the_center.")
-    text = "\n".join(report.report(runs, report.Args(results=str(results), reps=200), "figures"))
+    text = "\n".join(tables.results_block(runs, tables.Options(reps=200), "figures"))
     across = text.split("#### All scenarios")[1].split("#### The paper's claims")[0]
     assert "| metric | vanilla | camal | rrr (1 scenarios) |" in across  # vanilla and CAMAL over both scenarios
     claims = text.split("#### The paper's claims, here")[1].splitlines()
@@ -188,7 +181,7 @@ def test_a_control_still_in_progress_leaves_only_its_own_runs_out_of_the_statist
     over_rrr = next(line for line in claims if line.startswith("| alignment gain over RRR"))
     assert over_vanilla.split(" | ")[-1].startswith("**yes**") and over_vanilla.endswith(", n=10 vs 10) |")
     assert over_rrr.split(" | ")[-1].startswith("**yes**") and over_rrr.endswith(", n=5 vs 5) |")
-    args = report.Args(results=str(results))
-    assert report.figure_parts(args, runs) == [
+    args = tables.Options()
+    assert tables.figure_parts(args, runs) == [
         ("all_methods", ["basic"], ["camal", "rrr", "vanilla"], SEEDS),
         ("camal_vs_vanilla", ["basic", "defend_the_center"], ["vanilla", "camal"], SEEDS)]

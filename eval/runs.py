@@ -1,0 +1,249 @@
+"""Reading a study: run folders and run records, their returns and evaluations, and their scores.
+
+A run is any folder holding a ``config.json`` (keys ``env``, ``method``, ``seed``, ``total_timesteps``) and
+TensorBoard event files with the scalar ``charts/episodic_return`` (the true episodic return, logged at the
+global step at which each episode ended), or a run record of eval/record.py (``returns.csv`` instead of
+the event files); ``attention_eval.json`` and ``shift_eval.json`` add its evaluation metrics. The file
+names are agents/run_folder.py's.
+
+Bad input raises InputError, whose message names what was wrong and what is valid; what is only worth
+knowing (folders left out, methods on different seeds) goes to ``warn``, by default ``warnings.warn``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+from agents.run_folder import ATTENTION_EVAL, CONFIG, RETURNS, SHIFT_EVAL
+from eval.stats import windowed_mean_returns
+from scenarios import SCENARIOS, is_config_path
+
+RETURN_TAG = "charts/episodic_return"
+EVALUATION_FILES = (ATTENTION_EVAL, SHIFT_EVAL)
+CONFIG_KEYS = ("env", "method", "seed", "total_timesteps")
+
+
+class InputError(Exception):
+    """Input that cannot be used as asked (runs, files, a selection): the message says what was wrong and what
+    is valid. The command lines turn it into a one-line `error: ...` and exit 1."""
+
+
+class RunWarning(UserWarning):
+    """Something about the runs worth knowing that does not stop the aggregation."""
+
+
+class SkippedRun(Exception):
+    """A folder that is not a complete run (refused, crashed or unfinished): listed in a warning, left out."""
+
+
+def warn_by_default(message: str) -> None:
+    warnings.warn(message, RunWarning, stacklevel=3)
+
+
+@dataclass
+class Run:
+    path: Path
+    env: str
+    method: str
+    seed: int
+    total_timesteps: int
+    steps: np.ndarray
+    """global step at which each episode ended, ascending"""
+    returns: np.ndarray
+    """true return of each episode"""
+    evaluation: dict[str, float] = field(default_factory=dict)
+    """per-run means of attention_eval.json and shift_eval.json"""
+    r_random: float = np.nan
+    """R_random of the run's scenario (set by load_runs)"""
+    r_max: float = np.nan
+    """R_max of the run's scenario (set by load_runs)"""
+
+
+def find_run_dirs(runs_dir: Path) -> tuple[list[Path], list[str]]:
+    """Folders holding a config.json (runs and run records), and the folders with TensorBoard events but
+    no config.json (described as skipped)."""
+    if not runs_dir.is_dir():
+        raise InputError(f"no runs found: {runs_dir.resolve()} is not a folder")
+    dirs = sorted(p.parent for p in runs_dir.rglob(CONFIG))
+    orphans = sorted({p.parent for p in runs_dir.rglob("events.out.tfevents.*")} - set(dirs))
+    if not dirs:
+        raise InputError(f"no runs found: no folder under {runs_dir.resolve()} holds a {CONFIG}")
+    return dirs, [f"{d}: TensorBoard events but no {CONFIG}" for d in orphans]
+
+
+def read_episodic_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, returns) of every episode: a record's returns.csv, else every ``charts/episodic_return``
+    scalar in the folder's event files."""
+    if (run_dir / RETURNS).is_file():
+        try:
+            table = pd.read_csv(run_dir / RETURNS)
+            return table["step"].to_numpy(np.int64), table["return"].to_numpy(np.float64)
+        except (OSError, ValueError, KeyError, pd.errors.ParserError) as error:
+            raise InputError(f"cannot read {run_dir / RETURNS} (columns step, return): {error!r}")
+    accumulator = EventAccumulator(str(run_dir), size_guidance={SCALARS: 0})  # 0: keep every scalar
+    accumulator.Reload()
+    if RETURN_TAG not in accumulator.Tags()["scalars"]:
+        return np.zeros(0, np.int64), np.zeros(0)
+    events = sorted(accumulator.Scalars(RETURN_TAG), key=lambda e: e.step)
+    return np.array([e.step for e in events], np.int64), np.array([e.value for e in events], np.float64)
+
+
+def read_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default) -> dict[str, float]:
+    """The finite per-run means (key ``"means"``) of an attention_eval.json or shift_eval.json."""
+    try:
+        means = json.loads(path.read_text())["means"]
+        values = {k: float(v) for k, v in means.items() if v is not None}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise InputError(f"cannot read the per-run means ('means') of {path}: {error!r}")
+    # NaN (or null): e.g. no frame with a target, or only all-zero maps; such a run has no value to aggregate
+    undefined = sorted(k for k, v in values.items() if not np.isfinite(v))
+    if undefined:
+        warn(f"{path} has no value for {', '.join(undefined)}; left out")
+    return {k: v for k, v in values.items() if np.isfinite(v)}
+
+
+def load_run(run_dir: Path, final_fraction: float = 0.1, warn: Callable[[str], None] = warn_by_default) -> Run:
+    """A run folder or run record; SkippedRun if it is not a complete run."""
+    try:
+        config = json.loads((run_dir / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SkippedRun(f"unreadable {CONFIG} ({error})")
+    missing = [key for key in CONFIG_KEYS if key not in config]
+    if missing:
+        raise SkippedRun(f"{CONFIG} lacks the key(s) {', '.join(missing)}")
+    steps, returns = read_episodic_returns(run_dir)
+    if len(returns) == 0:
+        raise SkippedRun(f"no '{RETURN_TAG}' scalars (a refused, crashed or just started run)")
+    if steps[-1] < (1 - final_fraction) * int(config["total_timesteps"]):
+        raise SkippedRun(f"unfinished: episodes logged up to step {steps[-1]} of {config['total_timesteps']}")
+    evaluation = {}
+    for name in EVALUATION_FILES:
+        if (run_dir / name).exists():
+            evaluation.update(read_evaluation(run_dir / name, warn))
+    return Run(run_dir, str(config["env"]), str(config["method"]), int(config["seed"]),
+               int(config["total_timesteps"]), steps, returns, evaluation)
+
+
+def normalisation_file(path: str | None) -> dict[str, dict]:
+    """{scenario: {"r_random": ..., "r_max": ...}} of a file from eval/random_baseline.py --out."""
+    if path is None:
+        return {}
+    try:
+        entries = json.loads(Path(path).read_text())
+        if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()):
+            raise ValueError("expected {scenario: {\"r_random\": R, \"r_max\": R}}")
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read --normalisation {path}: {error}")
+    # custom scenarios are keyed by their absolute .cfg path, as config.json records them
+    return {str(Path(k).expanduser().resolve()) if is_config_path(k) else k: v for k, v in entries.items()}
+
+
+def normalisation_bounds(env: str, entries: dict[str, dict]) -> tuple[float, float]:
+    """(R_random, R_max) of a scenario, from --normalisation or its record; refuses a scenario lacking one."""
+    entry = entries.get(env, {})
+    record = SCENARIOS.get(env)
+    r_random = entry.get("r_random", record.r_random if record else None)
+    r_max = entry.get("r_max", record.r_max if record else None)
+    if r_random is None or r_max is None:
+        missing = " and ".join(n for n, v in (("R_random", r_random), ("R_max", r_max)) if v is None)
+        raise InputError(f"scenario {env} has no {missing}, so its scores cannot be normalised: run "
+                        f"`python eval/random_baseline.py --env {env} --episodes 2000 --r-max R_MAX --out "
+                        f"normalisation.json` and pass --normalisation normalisation.json")
+    return float(r_random), float(r_max)
+
+
+def different_seed_sets(runs: list[Run]) -> list[str]:
+    """The scenarios whose methods ran on different seeds: not an error, but seed-paired readings mislead."""
+    found = []
+    for env in sorted({r.env for r in runs}):
+        seed_sets = {m: tuple(sorted(r.seed for r in runs if r.env == env and r.method == m))
+                     for m in sorted({r.method for r in runs if r.env == env})}
+        if len(set(seed_sets.values())) > 1:
+            listed = "; ".join(f"{m}: {', '.join(map(str, seeds))}" for m, seeds in seed_sets.items())
+            found.append(f"on '{env}' the methods were run on different seed sets ({listed})")
+    return found
+
+
+def load_runs(runs_dir: Path, final_fraction: float = 0.1, normalisation: str | None = None,
+              warn: Callable[[str], None] = warn_by_default) -> list[Run]:
+    """Every complete run (folder or record) under runs_dir, with its scenario's normalisation constants; the
+    folders left out and the scenarios whose methods ran on different seeds go to ``warn``."""
+    dirs, skipped = find_run_dirs(runs_dir)
+    runs = []
+    for run_dir in dirs:
+        try:
+            runs.append(load_run(run_dir, final_fraction, warn))
+        except SkippedRun as reason:
+            skipped.append(f"{run_dir}: {reason}")
+    if skipped:
+        warn(f"skipped {len(skipped)} folder(s) that are not complete runs:\n  " + "\n  ".join(skipped))
+    if not runs:
+        raise InputError(f"no complete run under {runs_dir.resolve()} ({len(skipped)} skipped, listed above)")
+    seen: dict[tuple[str, str, int], Path] = {}
+    for run in runs:
+        key = (run.method, run.env, run.seed)
+        if key in seen:
+            raise InputError(f"two runs of method '{run.method}' on '{run.env}' with seed {run.seed}: "
+                            f"{seen[key]} and {run.path}")
+        seen[key] = run.path
+    entries = normalisation_file(normalisation)
+    for run in runs:
+        run.r_random, run.r_max = normalisation_bounds(run.env, entries)
+    for message in different_seed_sets(runs):
+        warn(message)
+    return runs
+
+
+def final_return(run: Run, fraction: float) -> float:
+    """The mean true return of the episodes that ended in the last ``fraction`` of the run's logged steps."""
+    return float(windowed_mean_returns(run.steps, run.returns, np.array([1.0]), fraction)[0])
+
+
+def normalise(value, run: Run):
+    """(R - R_random) / (R_max - R_random) with the constants of the run's scenario."""
+    return (value - run.r_random) / (run.r_max - run.r_random)
+
+
+def ordered_methods(methods, baseline: str) -> list[str]:
+    """The baseline first, then the others alphabetically."""
+    return sorted(set(methods), key=lambda m: (m != baseline, m))
+
+
+def score_matrices(
+    runs: list[Run], value: Callable[[Run], np.ndarray], what: str, baseline: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """{method: array (seeds, scenarios, ...)} of ``value(run)``, rows sorted by seed, and the scenarios.
+
+    Every method must have the same number of seeds on every scenario (stratified bootstrap resamples
+    seeds within each scenario; comparing methods on unequal seeds or scenarios would mislead).
+    """
+    methods = ordered_methods((r.method for r in runs), baseline)
+    scenarios = sorted({r.env for r in runs})
+    cells = {(m, s): sorted((r for r in runs if r.method == m and r.env == s), key=lambda r: r.seed)
+             for m in methods for s in scenarios}
+    (most_method, most_scenario), most = max(((k, len(v)) for k, v in cells.items()), key=lambda kv: kv[1])
+    short = [f"'{m}' has {len(v)} on '{s}'" for (m, s), v in cells.items() if len(v) < most]
+    if short:
+        raise InputError(f"unequal seeds ({what}): every method needs as many seeds on every scenario as "
+                        f"'{most_method}' has on '{most_scenario}' ({most}), but " + "; ".join(short)
+                        + "; aggregate a part where they do with --scenarios / --methods")
+    matrices = {m: np.stack([np.stack([value(r) for r in cells[m, s]]) for s in scenarios], axis=1) for m in methods}
+    return matrices, scenarios
+
+
+def check_output_folder(out: Path, flag: str = "--out") -> None:
+    """Refuse before reading anything: an output folder must exist or be creatable, and be writable."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{flag} {out} is an existing file; give a folder (created if missing)")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {out}: cannot write into {existing}; give a writable folder")

@@ -1,0 +1,285 @@
+"""A study's results as a markdown block: each metric per scenario and across scenarios, as IQM [95% CI] per
+method with the p-value of the reference against each other method, and the paper's claims with a verdict
+per scenario (eval/report.py writes it into markdown files; docs/method.md, Statistics, gives the protocol).
+
+- per scenario: IQM over seeds with a 95% percentile bootstrap CI (rliable's stratified bootstrap with one
+  task); Welch's t-test over seeds, two-sided;
+- across scenarios: IQM over scenarios x seeds with the stratified bootstrap CI, each method over the
+  scenarios it ran; a stratified permutation test of the mean difference (method labels shuffled within
+  each scenario), two-sided, over the scenarios both methods ran;
+- a claim holds on a scenario when its test gives p < alpha in the claimed direction; "not settled"
+  otherwise, with the seeds per method that the observed effect would need for 80% power (two-sample
+  t-test, statsmodels). p-values are per test, not corrected for the number of tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from eval.runs import InputError, Run, final_return, normalise, ordered_methods
+from eval.stats import iqm_interval, seeds_for_power, stratified_permutation_p, welch_p_value
+from scenarios import short_name
+
+METRICS = (
+    # (key, label, the better direction: +1 higher, -1 lower, 0 a control)
+    ("normalised_score", "normalised score", +1),
+    ("relevance_mass", "relevance mass", +1),
+    ("relevance_mass_chance", "chance level of mass, rank and pointing (target's share of the frame)", 0),
+    ("relevance_rank", "relevance rank", +1),
+    ("pointing_game", "pointing game", +1),
+    ("deletion_auc", "deletion AUC, map order", -1),
+    ("deletion_auc_random", "deletion AUC, random order", 0),
+    ("deletion_gain", "deletion gain (random order - map order)", +1),
+    ("insertion_auc", "insertion AUC, map order", +1),
+    ("insertion_auc_random", "insertion AUC, random order", 0),
+    ("insertion_gain", "insertion gain (map order - random order)", +1),
+    ("occlusion_drop", "occlusion drop of pi(a*), target", +1),
+    ("occlusion_drop_random", "occlusion drop of pi(a*), random region", 0),
+    ("occlusion_gain", "occlusion drop, target - random region", +1),
+    ("shift_return_ratio", "return under background shift / without", +1),
+    ("shift_action_agreement", "action agreement under background shift", +1),
+)
+DERIVED = {
+    "deletion_gain": ("deletion_auc_random", "deletion_auc"),
+    "insertion_gain": ("insertion_auc", "insertion_auc_random"),
+    "occlusion_gain": ("occlusion_drop", "occlusion_drop_random"),
+}
+"""per-run differences of two evaluation metrics: (minuend, subtrahend)"""
+
+CLAIMS = (
+    # (claim, metric, the method compared with, direction): "not_worse" holds unless significantly lower
+    ("alignment gain over vanilla", "relevance_mass", "vanilla", "greater"),
+    ("pointing gain over vanilla", "pointing_game", "vanilla", "greater"),
+    ("faithfulness gain over vanilla (deletion)", "deletion_gain", "vanilla", "greater"),
+    ("faithfulness gain over vanilla (insertion)", "insertion_gain", "vanilla", "greater"),
+    ("return not worse than vanilla", "normalised_score", "vanilla", "not_worse"),
+    ("alignment needs the true masks (vs random masks)", "relevance_mass", "camal-random", "greater"),
+    ("alignment gain over RRR", "relevance_mass", "rrr", "greater"),
+    ("return under background shift holds better than vanilla's", "shift_return_ratio", "vanilla", "greater"),
+    ("target occlusion matters more than for vanilla", "occlusion_gain", "vanilla", "greater"),
+)
+ALL = "all scenarios"
+
+
+@dataclass
+class Options:
+    """How the report's statistics are computed (eval/report.py's flags of the same names)."""
+
+    reference: str = "camal"
+    """method tested against every other method"""
+    baseline: str = "vanilla"
+    """method listed first, and the probability-of-improvement baseline of the figures"""
+    reps: int = 10000
+    """bootstrap replications of each interval, and permutations of each across-scenario test"""
+    alpha: float = 0.05
+    """significance level of the verdicts"""
+    final_fraction: float = 0.1
+    """final score = mean return of the episodes in this last fraction of a run's logged steps"""
+    seed: int = 0
+    """seed of the bootstraps and permutations (a fresh random state for each one, so every cell is
+    reproducible alone)"""
+
+
+# ---------------------------------------------------------------- per-run values
+
+
+def run_values(run: Run, final_fraction: float) -> dict[str, float]:
+    """Every metric of METRICS that the run has (its evaluation files may lack some)."""
+    values = dict(run.evaluation)
+    values["normalised_score"] = float(normalise(final_return(run, final_fraction), run))
+    for name, (plus, minus) in DERIVED.items():
+        if plus in values and minus in values:
+            values[name] = values[plus] - values[minus]
+    return {k: v for k, v in values.items() if np.isfinite(v)}
+
+
+def samples(runs: list[Run], values: dict, metric: str, method: str, scenarios: list[str]) -> list[np.ndarray]:
+    """Per scenario, the metric's values over the method's seeds (seed order)."""
+    return [np.array([values[id(r)][metric] for r in sorted(runs, key=lambda r: r.seed)
+                      if r.method == method and r.env == env and metric in values[id(r)]]) for env in scenarios]
+
+
+# ---------------------------------------------------------------- tables
+
+
+def fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+
+
+def p_text(p: float) -> str:
+    return "p<0.001" if np.isfinite(p) and p < 0.001 else f"p={fmt_p(p)}"
+
+
+def metric_table(runs: list[Run], values: dict, scenarios: list[str], methods: list[str], others: list[str],
+                 head: list[str], options: Options) -> list[str]:
+    """One table: each metric's IQM [CI] per method and the p-values of the reference against the others."""
+    across = len(scenarios) > 1
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for metric, label, _ in METRICS:
+        cells = []
+        for method in methods:
+            found = samples(runs, values, metric, method, scenarios)
+            found = [c for c, env in zip(found, scenarios) if any(r.method == method and r.env == env for r in runs)]
+            estimate = iqm_interval(found, options.reps, np.random.RandomState(options.seed))
+            cells.append("n/a" if estimate is None else f"{estimate[0]:.3f} [{estimate[1]:.3f}, {estimate[2]:.3f}]")
+        if all(c == "n/a" for c in cells):
+            continue
+        for other in others:
+            x = samples(runs, values, metric, options.reference, scenarios)
+            y = samples(runs, values, metric, other, scenarios)
+            if across:
+                p = stratified_permutation_p(x, y, options.reps, np.random.default_rng(options.seed))
+            else:
+                p = welch_p_value(x[0], y[0])
+            cells.append(fmt_p(p))
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return lines
+
+
+def verdict(runs: list[Run], values: dict, metric: str, other: str, direction: str, scenarios: list[str],
+            options: Options) -> str:
+    x = samples(runs, values, metric, options.reference, scenarios)
+    y = samples(runs, values, metric, other, scenarios)
+    if not any(len(a) and len(b) for a, b in zip(x, y)):
+        return "not run"
+    if len(scenarios) > 1:
+        p = stratified_permutation_p(x, y, options.reps, np.random.default_rng(options.seed))
+    else:
+        p = welch_p_value(x[0], y[0])
+    pooled_x = np.concatenate([a for a, b in zip(x, y) if len(a) and len(b)])
+    pooled_y = np.concatenate([b for a, b in zip(x, y) if len(a) and len(b)])
+    higher = pooled_x.mean() > pooled_y.mean()
+    n = f"n={len(pooled_x)} vs {len(pooled_y)}"
+    if not np.isfinite(p):
+        return f"not settled (too few values, {n})"
+    if direction == "not_worse":
+        return (f"yes ({p_text(p)}, {n})" if higher or p >= options.alpha else f"**no**: lower ({p_text(p)}, {n})")
+    if p < options.alpha:
+        return f"**yes** ({p_text(p)}, {n})" if higher else f"**no**: reversed ({p_text(p)}, {n})"
+    needed = seeds_for_power(pooled_x, pooled_y, options.alpha) if len(scenarios) == 1 else None
+    power = f"; ~{needed} seeds each for 80% power" if needed else ""
+    leaning = "" if higher else ", leaning reversed"  # more seeds would then settle the opposite of the claim
+    return f"not settled{leaning} ({p_text(p)}, {n}{power})"
+
+
+def complete_runs(runs: list[Run], reference: str) -> tuple[list[Run], str]:
+    """The runs that the statistics across scenarios use, and a sentence naming what they leave out: a method's
+    runs on a scenario count once it has all its seeds there (as many as on any scenario), and the reference's
+    too where the reference ran, so that a scenario still in progress neither skews a method's IQM with a seed or
+    two nor compares the reference over other scenarios than the method it is tested against."""
+    def seeds(method, env):
+        return {r.seed for r in runs if r.method == method and r.env == env}
+
+    most = {m: max(len(seeds(m, r.env)) for r in runs if r.method == m) for m in {r.method for r in runs}}
+
+    def complete(method, env):
+        return len(seeds(method, env)) == most[method]
+
+    kept, left = [], {}
+    for r in runs:
+        if complete(r.method, r.env) and (not seeds(reference, r.env) or complete(reference, r.env)):
+            kept.append(r)
+        else:
+            left.setdefault(short_name(r.env), set()).add(r.method)
+    if not left:
+        return kept, ""
+    pairs = "; ".join(f"{', '.join(sorted(methods))} on {env}" for env, methods in sorted(left.items()))
+    return kept, (f"Left out of the statistics across scenarios until the method (and {reference}) has all its "
+                  f"seeds there: {pairs}.")
+
+
+def results_block(runs: list[Run], options: Options, figures_link: str) -> list[str]:
+    """The markdown lines of the results block (without its markers and generated-by line)."""
+    values = {id(r): run_values(r, options.final_fraction) for r in runs}
+    methods = ordered_methods((r.method for r in runs), options.baseline)
+    scenarios = sorted({r.env for r in runs})
+    per_method = "; ".join(f"{m} {len([r for r in runs if r.method == m])} (seeds "
+                           f"{', '.join(map(str, sorted({r.seed for r in runs if r.method == m})))})" for m in methods)
+    lines = [f"{len(runs)} runs on {', '.join(map(short_name, scenarios))}: {per_method}. Each cell: IQM [95% "
+             f"stratified-bootstrap CI] over seeds (per scenario) or scenarios x seeds (across). p: two-sided, {options.reference} against the column's method: Welch's "
+             f"t-test over seeds per scenario, a stratified permutation test of the mean difference across "
+             f"scenarios ({options.reps} permutations).", ""]
+    for name, part_scenarios, part_methods, part_seeds in figure_parts(options, runs):
+        lines += [f"Figures of {', '.join(part_methods)} on {', '.join(map(short_name, part_scenarios))}, seeds "
+                  f"{', '.join(map(str, part_seeds))} (eval/aggregate.py): `{figures_link}/{name}/`.", ""]
+    budgets = {}
+    for r in runs:
+        budgets.setdefault(short_name(r.env), set()).add(r.total_timesteps)
+    lines += ["Budgets (steps): " + ", ".join(f"{env} {'/'.join(f'{b:,}' for b in sorted(b))}"
+                                             for env, b in budgets.items()) + ".", ""]
+    across_runs, in_progress = complete_runs(runs, options.reference)
+    across_scenarios = [env for env in scenarios if any(r.env == env for r in across_runs)]
+    for env in [*scenarios, ALL] if len(scenarios) > 1 else scenarios:
+        where, table_runs = (across_scenarios, across_runs) if env == ALL else ([env], runs)
+        present = [m for m in methods if any(r.method == m and r.env in where for r in table_runs)]
+        counts = {m: len({r.env for r in table_runs if r.method == m and r.env in where}) for m in present}
+        others = [m for m in present if m != options.reference] if options.reference in present else []
+        head = ["metric", *(m if env != ALL or counts[m] == len(where) else f"{m} ({counts[m]} scenarios)"
+                            for m in present), *(f"p vs {m}" for m in others)]
+        lines += [f"#### {'All scenarios' if env == ALL else short_name(env)}", ""]
+        if env == ALL and in_progress:
+            lines += [in_progress, ""]
+        lines += metric_table(table_runs, values, where, present, others, head, options) + [""]
+    lines += ["#### The paper's claims, here", "",
+              f"Verdict of the test in the claimed direction at alpha {options.alpha}; \"not settled\" gives the seeds "
+              "per method that the observed difference would need for 80% power; \"leaning reversed\": the observed "
+              "difference is the opposite of the claim's." + (
+                  f" The last column: {in_progress[0].lower()}{in_progress[1:]}" if in_progress else ""), ""]
+    across = len(scenarios) > 1
+    head = ["claim", *map(short_name, scenarios), *([ALL] if across else [])]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for claim, metric, other, direction in CLAIMS:
+        cells = [verdict(runs, values, metric, other, direction, [env], options) for env in scenarios]
+        if across:
+            cells.append(verdict(across_runs, values, metric, other, direction, across_scenarios, options))
+        lines.append("| " + " | ".join([claim, *cells]) + " |")
+    return lines
+
+
+# ---------------------------------------------------------------- figures
+
+
+def figure_parts(options: Options, runs: list[Run]) -> list[tuple[str, list[str], list[str], list[int]]]:
+    """(name, scenarios, methods, seeds) of each set of figures: all methods, and the reference with the
+    baseline, each on the scenarios where all its methods have runs in the tables across scenarios
+    (complete_runs), over the seeds every method has on them (eval/aggregate.py needs equal seeds)."""
+    methods = sorted({r.method for r in runs})
+    kept, _ = complete_runs(runs, options.reference)
+    pair = [m for m in (options.baseline, options.reference) if m in methods]
+    parts = [("all_methods", methods)]
+    if len(pair) == 2:
+        parts.append((f"{options.reference}_vs_{options.baseline}", pair))
+    sets = []
+    for name, part_methods in parts:
+        part_scenarios = sorted(env for env in {r.env for r in kept}
+                                if {r.method for r in kept if r.env == env} >= set(part_methods))
+        if not part_scenarios or any(part_scenarios == scenarios for _, scenarios, _, _ in sets):
+            continue
+        seeds = set.intersection(*({r.seed for r in kept if r.env == env and r.method == m}
+                                   for env in part_scenarios for m in part_methods))
+        if seeds:
+            sets.append((name, part_scenarios, part_methods, sorted(seeds)))
+    return sets
+
+
+# ---------------------------------------------------------------- the markdown file
+
+
+def markers(results: str) -> tuple[str, str]:
+    return f"<!-- report:{results}:begin -->", f"<!-- report:{results}:end -->"
+
+
+def replace_block(text: str, block: list[str], results: str, readme: str) -> str:
+    begin, end = markers(results)
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise InputError(f"{readme} needs one line '{begin}' and, after it, one line '{end}' "
+                         "around the block to regenerate")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return head + begin + "\n" + "\n".join(block) + "\n" + end + tail
+
+
