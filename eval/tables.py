@@ -192,17 +192,41 @@ def complete_runs(runs: list[Run], reference: str) -> tuple[list[Run], str]:
                   f"seeds there: {pairs}.")
 
 
-def results_block(runs: list[Run], options: Options, figures_link: str) -> list[str]:
-    """The markdown lines of the results block (without its markers and generated-by line)."""
+@dataclass
+class Report:
+    """A study's tables, computed once, rendered as the results block or as its headline."""
+
+    introduction: list[str]
+    """the block's first paragraphs: runs, figures, budgets"""
+    sections: list[tuple[str, list[str]]]
+    """(heading, lines) of each metric table: per scenario, then across scenarios"""
+    claims_introduction: str
+    claim_columns: list[str]
+    claims: list[tuple[str, list[str]]]
+    """(claim, verdict per column)"""
+
+
+def metric_section(runs: list[Run], values: dict, where: list[str], methods: list[str], across: bool,
+                   options: Options) -> list[str]:
+    """The metric table of the methods over the scenarios ``where``."""
+    present = [m for m in methods if any(r.method == m and r.env in where for r in runs)]
+    counts = {m: len({r.env for r in runs if r.method == m and r.env in where}) for m in present}
+    others = [m for m in present if m != options.reference] if options.reference in present else []
+    head = ["metric", *(m if not across or counts[m] == len(where) else f"{m} ({counts[m]} scenarios)"
+                        for m in present), *(f"p vs {m}" for m in others)]
+    return metric_table(runs, values, where, present, others, head, options)
+
+
+def study_report(runs: list[Run], options: Options, figures_link: str) -> Report:
     values = {id(r): run_values(r, options.final_fraction) for r in runs}
     methods = ordered_methods((r.method for r in runs), options.baseline)
     scenarios = sorted({r.env for r in runs})
     per_method = "; ".join(f"{m} {len([r for r in runs if r.method == m])} (seeds "
                            f"{', '.join(map(str, sorted({r.seed for r in runs if r.method == m})))})" for m in methods)
     lines = [f"{len(runs)} runs on {', '.join(map(short_name, scenarios))}: {per_method}. Each cell: IQM [95% "
-             f"stratified-bootstrap CI] over seeds (per scenario) or scenarios x seeds (across). p: two-sided, {options.reference} against the column's method: Welch's "
-             f"t-test over seeds per scenario, a stratified permutation test of the mean difference across "
-             f"scenarios ({options.reps} permutations).", ""]
+             f"stratified-bootstrap CI] over seeds (per scenario) or scenarios x seeds (across). p: two-sided, "
+             f"{options.reference} against the column's method: Welch's t-test over seeds per scenario, a stratified "
+             f"permutation test of the mean difference across scenarios ({options.reps} permutations).", ""]
     for name, part_scenarios, part_methods, part_seeds in figure_parts(options, runs):
         lines += [f"Figures of {', '.join(part_methods)} on {', '.join(map(short_name, part_scenarios))}, seeds "
                   f"{', '.join(map(str, part_seeds))} (eval/aggregate.py): `{figures_link}/{name}/`.", ""]
@@ -210,34 +234,59 @@ def results_block(runs: list[Run], options: Options, figures_link: str) -> list[
     for r in runs:
         budgets.setdefault(short_name(r.env), set()).add(r.total_timesteps)
     lines += ["Budgets (steps): " + ", ".join(f"{env} {'/'.join(f'{b:,}' for b in sorted(b))}"
-                                             for env, b in budgets.items()) + ".", ""]
+                                             for env, b in budgets.items()) + "."]
     across_runs, in_progress = complete_runs(runs, options.reference)
     across_scenarios = [env for env in scenarios if any(r.env == env for r in across_runs)]
-    for env in [*scenarios, ALL] if len(scenarios) > 1 else scenarios:
-        where, table_runs = (across_scenarios, across_runs) if env == ALL else ([env], runs)
-        present = [m for m in methods if any(r.method == m and r.env in where for r in table_runs)]
-        counts = {m: len({r.env for r in table_runs if r.method == m and r.env in where}) for m in present}
-        others = [m for m in present if m != options.reference] if options.reference in present else []
-        head = ["metric", *(m if env != ALL or counts[m] == len(where) else f"{m} ({counts[m]} scenarios)"
-                            for m in present), *(f"p vs {m}" for m in others)]
-        lines += [f"#### {'All scenarios' if env == ALL else short_name(env)}", ""]
-        if env == ALL and in_progress:
-            lines += [in_progress, ""]
-        lines += metric_table(table_runs, values, where, present, others, head, options) + [""]
-    lines += ["#### The paper's claims, here", "",
-              f"Verdict of the test in the claimed direction at alpha {options.alpha}; \"not settled\" gives the seeds "
-              "per method that the observed difference would need for 80% power; \"leaning reversed\": the observed "
-              "difference is the opposite of the claim's." + (
-                  f" The last column: {in_progress[0].lower()}{in_progress[1:]}" if in_progress else ""), ""]
+    sections = [(short_name(env), metric_section(runs, values, [env], methods, False, options)) for env in scenarios]
     across = len(scenarios) > 1
-    head = ["claim", *map(short_name, scenarios), *([ALL] if across else [])]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if across:
+        sections.append(("All scenarios", ([in_progress, ""] if in_progress else [])
+                         + metric_section(across_runs, values, across_scenarios, methods, True, options)))
+    claims_introduction = (
+        f"Verdict of the test in the claimed direction at alpha {options.alpha}; \"not settled\" gives the seeds "
+        "per method that the observed difference would need for 80% power; \"leaning reversed\": the observed "
+        "difference is the opposite of the claim's."
+        + (f" The last column: {in_progress[0].lower()}{in_progress[1:]}" if in_progress else ""))
+    claims = []
     for claim, metric, other, direction in CLAIMS:
         cells = [verdict(runs, values, metric, other, direction, [env], options) for env in scenarios]
         if across:
             cells.append(verdict(across_runs, values, metric, other, direction, across_scenarios, options))
-        lines.append("| " + " | ".join([claim, *cells]) + " |")
-    return lines
+        claims.append((claim, cells))
+    return Report(lines, sections, claims_introduction, [*map(short_name, scenarios), *([ALL] if across else [])],
+                  claims)
+
+
+def claims_table(columns: list[str], claims: list[tuple[str, list[str]]]) -> list[str]:
+    head = ["claim", *columns]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join([claim, *cells]) + " |" for claim, cells in claims)]
+
+
+def full_block(report: Report) -> list[str]:
+    """The results block: every table and every verdict."""
+    lines = list(report.introduction) + [""]
+    for heading, table in report.sections:
+        lines += [f"#### {heading}", "", *table, ""]
+    return lines + ["#### The paper's claims, here", "", report.claims_introduction, "",
+                    *claims_table(report.claim_columns, report.claims)]
+
+
+def headline_block(report: Report, results_link: str) -> list[str]:
+    """The headline: the table across scenarios (the one scenario's, in a study of one) and the claims' verdicts
+    there, then a link to the full results."""
+    heading, table = report.sections[-1]
+    claims = [(claim, cells[-1:]) for claim, cells in report.claims]
+    where = "across scenarios" if heading == "All scenarios" else f"on {heading}"
+    return [f"#### {heading}", "", *table, "", f"#### The paper's claims, {where}", "",
+            *claims_table(report.claim_columns[-1:], claims), "",
+            f"Per scenario, every metric, the claims scenario by scenario and the figures: "
+            f"[{results_link}]({results_link})."]
+
+
+def results_block(runs: list[Run], options: Options, figures_link: str) -> list[str]:
+    """The markdown lines of the results block (without its markers and generated-by line)."""
+    return full_block(study_report(runs, options, figures_link))
 
 
 # ---------------------------------------------------------------- figures
@@ -269,17 +318,43 @@ def figure_parts(options: Options, runs: list[Run]) -> list[tuple[str, list[str]
 # ---------------------------------------------------------------- the markdown file
 
 
-def markers(results: str) -> tuple[str, str]:
-    return f"<!-- report:{results}:begin -->", f"<!-- report:{results}:end -->"
+FULL, HEADLINE = "full", "headline"
+"""the two blocks a markdown file can hold: the results block and its headline"""
 
 
-def replace_block(text: str, block: list[str], results: str, readme: str) -> str:
-    begin, end = markers(results)
-    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
-        raise InputError(f"{readme} needs one line '{begin}' and, after it, one line '{end}' "
-                         "around the block to regenerate")
+def markers(results: str, block: str = FULL) -> tuple[str, str]:
+    """The begin and end lines of a block: ``<!-- report:RESULTS:begin -->`` (the results block) or
+    ``<!-- report:RESULTS:headline:begin -->`` (its headline), RESULTS as given to eval/report.py."""
+    name = results if block == FULL else f"{results}:{block}"
+    return f"<!-- report:{name}:begin -->", f"<!-- report:{name}:end -->"
+
+
+def marked_blocks(text: str, results: str, path: str) -> list[str]:
+    """The blocks (FULL, HEADLINE) that a markdown file marks; InputError unless it marks at least one, each
+    with one begin line and, after it, one end line, and neither inside the other."""
+    found, spans = [], []
+    for block, what in ((FULL, "results block"), (HEADLINE, "headline")):
+        begin, end = markers(results, block)
+        counts = (text.count(begin), text.count(end))
+        if counts == (0, 0):
+            continue
+        if counts != (1, 1) or text.index(begin) > text.index(end):
+            raise InputError(f"{path} needs one line '{begin}' and, after it, one line '{end}' around the {what} "
+                             "to regenerate")
+        found.append(block)
+        spans.append((text.index(begin), text.index(end)))
+    if not found:
+        (begin, end), (headline_begin, headline_end) = markers(results), markers(results, HEADLINE)
+        raise InputError(f"{path} needs one line '{begin}' and, after it, one line '{end}' around the results block "
+                         f"to regenerate, or '{headline_begin}' and '{headline_end}' around its headline")
+    if len(spans) == 2 and not (spans[0][1] < spans[1][0] or spans[1][1] < spans[0][0]):
+        raise InputError(f"{path}: the headline's markers and the results block's must not enclose one another")
+    return found
+
+
+def replace_block(text: str, lines: list[str], results: str, block: str = FULL) -> str:
+    """The text with the lines between the block's markers (marked_blocks checked them) replaced by ``lines``."""
+    begin, end = markers(results, block)
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    return head + begin + "\n" + "\n".join(block) + "\n" + end + tail
-
-
+    return head + begin + "\n" + "\n".join(lines) + "\n" + end + tail

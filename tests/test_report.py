@@ -118,9 +118,73 @@ def test_permutation_test_and_power():
 
 
 @pytest.mark.skipif(not (ROOT / "results" / "paper").is_dir(), reason="no records of the paper study yet")
-def test_the_committed_results_page_is_the_reports_output():
-    checked = run_report("results/paper", "--check", "docs/results.md", cwd=ROOT)
+def test_the_committed_results_pages_are_the_reports_output():
+    """docs/results.md (the results block) and README.md (its headline), whichever of them hold markers."""
+    pages = [page for page in ("docs/results.md", "README.md")
+             if (ROOT / page).is_file() and "<!-- report:results/paper:" in (ROOT / page).read_text()]
+    assert pages
+    checked = run_report("results/paper", "--check", *pages, cwd=ROOT)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_one_report_fills_the_results_block_and_the_headline_of_several_files(tmp_path):
+    results = fake_study(tmp_path)
+    begin, end = tables.markers("results/fake")
+    headline_begin, headline_end = tables.markers("results/fake", tables.HEADLINE)
+    assert (headline_begin, headline_end) == ("<!-- report:results/fake:headline:begin -->",
+                                              "<!-- report:results/fake:headline:end -->")
+    (tmp_path / "docs").mkdir()
+    page, readme, index = tmp_path / "docs" / "results.md", tmp_path / "README.md", tmp_path / "docs" / "index.md"
+    page.write_text(f"# Results\n{begin}\nstale table\n{end}\nclaim by claim\n")
+    readme.write_text(f"# Front page\n{headline_begin}\nstale table\n{headline_end}\n## Layout\n")
+    index.write_text(f"{headline_begin}\n{headline_end}\n{begin}\n{end}\n")  # both blocks in one file
+    written = run_report("results/fake", "--readme", "README.md", "docs/results.md", "docs/index.md", "--reps", "300",
+                         cwd=tmp_path)
+    assert written.returncode == 0, written.stderr
+    assert page.read_text().startswith(f"# Results\n{begin}\n")
+    assert page.read_text().endswith(f"{end}\nclaim by claim\n")
+    assert readme.read_text().endswith(f"{headline_end}\n## Layout\n")
+    full = page.read_text().split(begin)[1].split(end)[0]
+    headline = readme.read_text().split(headline_begin)[1].split(headline_end)[0]
+    assert "python eval/report.py results/fake --readme docs/results.md;" in full
+    assert "python eval/report.py results/fake --readme README.md;" in headline
+    across = full.split("#### All scenarios")[1].split("#### The paper's claims")[0]
+    assert "| metric | vanilla | camal | rrr (1 scenarios) |" in across and across in headline
+    assert "#### basic" in full and "#### basic" not in headline and "stale table" not in full + headline
+    claim_rows = [line for line in full.split("#### The paper's claims, here")[1].splitlines() if line.startswith("| ")]
+    headline_claims = headline.split("#### The paper's claims, across scenarios")[1]
+    assert "| claim | all scenarios |" in headline_claims
+    for row in claim_rows[2:]:  # each claim with the verdict of the full table's last column, across scenarios
+        cells = row.strip("| ").split(" | ")
+        assert f"| {cells[0]} | {cells[-1]} |" in headline_claims
+    assert headline.rstrip().endswith("the figures: [docs/results.md](docs/results.md).")
+    both = index.read_text()
+    assert both.split(headline_begin)[1].split(headline_end)[0].rstrip().endswith("[results.md](results.md).")
+    assert both.split(begin)[1].split(end)[0].replace("docs/index.md", "docs/results.md") == full
+
+    files = ["README.md", "docs/results.md", "docs/index.md"]
+    assert run_report("results/fake", "--check", *files, "--reps", "300", cwd=tmp_path).returncode == 0
+    readme.write_text(readme.read_text().replace("**yes**", "**no**", 1))
+    checked = run_report("results/fake", "--check", *files, "--reps", "300", cwd=tmp_path)
+    assert checked.returncode == 1 and "results block of README.md is not the output" in checked.stderr
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("# no markers\n", "needs one line '<!-- report:results/fake:begin -->'"),
+    ("<!-- report:results/fake:headline:begin -->\nno end\n", "around the headline"),
+    ("<!-- report:results/fake:end -->\n<!-- report:results/fake:begin -->\n", "around the results block"),
+    ("<!-- report:results/fake:begin -->\n<!-- report:results/fake:headline:begin -->\n"
+     "<!-- report:results/fake:headline:end -->\n<!-- report:results/fake:end -->\n", "must not enclose"),
+])
+def test_a_file_without_a_well_formed_marker_pair_is_refused_before_anything_is_written(tmp_path, text, expected):
+    fake_study(tmp_path)
+    (tmp_path / "README.md").write_text("<!-- report:results/fake:begin -->\n<!-- report:results/fake:end -->\n")
+    (tmp_path / "bad.md").write_text(text)
+    refused = run_report("results/fake", "--readme", "README.md", "bad.md", cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and expected in refused.stderr
+    assert refused.stderr.startswith("error: bad.md")
+    assert (tmp_path / "bad.md").read_text() == text and not (tmp_path / "docs").exists()
+    assert (tmp_path / "README.md").read_text().count("\n") == 2  # the good file is not written either
 
 
 def test_figures_of_a_study_in_progress_are_over_the_scenarios_of_the_tables_across_scenarios(tmp_path):
