@@ -38,6 +38,9 @@ METRICS = (
     ("occlusion_drop", "occlusion drop of pi(a*), target", +1),
     ("occlusion_drop_random", "occlusion drop of pi(a*), random region", 0),
     ("occlusion_gain", "occlusion drop, target - random region", +1),
+    ("occlusion_drop_dilated", "occlusion drop of pi(a*), target dilated to the Grad-CAM cell size", +1),
+    ("occlusion_drop_dilated_random", "occlusion drop of pi(a*), random region of the dilated target's area", 0),
+    ("occlusion_gain_dilated", "occlusion drop, dilated target - random region", +1),
     ("shift_return_ratio", "return under background shift / without", +1),
     ("shift_action_agreement", "action agreement under background shift", +1),
 )
@@ -45,6 +48,7 @@ DERIVED = {
     "deletion_gain": ("deletion_auc_random", "deletion_auc"),
     "insertion_gain": ("insertion_auc", "insertion_auc_random"),
     "occlusion_gain": ("occlusion_drop", "occlusion_drop_random"),
+    "occlusion_gain_dilated": ("occlusion_drop_dilated", "occlusion_drop_dilated_random"),
 }
 """per-run differences of two evaluation metrics: (minuend, subtrahend)"""
 
@@ -56,9 +60,13 @@ CLAIMS = (
     ("faithfulness gain over vanilla (insertion)", "insertion_gain", "vanilla", "greater"),
     ("return not worse than vanilla", "normalised_score", "vanilla", "not_worse"),
     ("alignment needs the true masks (vs random masks)", "relevance_mass", "camal-random", "greater"),
+    ("alignment needs the true masks (vs uniform masks)", "relevance_mass", "camal-uniform", "greater"),
     ("alignment gain over RRR", "relevance_mass", "rrr", "greater"),
+    ("alignment needs a mask-specific loss (vs the entropy regulariser)", "relevance_mass", "entropy", "greater"),
     ("return under background shift holds better than vanilla's", "shift_return_ratio", "vanilla", "greater"),
     ("target occlusion matters more than for vanilla", "occlusion_gain", "vanilla", "greater"),
+    ("target occlusion, dilated to the Grad-CAM cell size, matters more than for vanilla", "occlusion_gain_dilated",
+     "vanilla", "greater"),
 )
 ALL = "all scenarios"
 
@@ -145,7 +153,8 @@ def verdict(runs: list[Run], values: dict, metric: str, other: str, direction: s
     x = samples(runs, values, metric, options.reference, scenarios)
     y = samples(runs, values, metric, other, scenarios)
     if not any(len(a) and len(b) for a, b in zip(x, y)):
-        return "not run"
+        both_ran = any({options.reference, other} <= {r.method for r in runs if r.env == env} for env in scenarios)
+        return "not evaluated" if both_ran else "not run"
     if len(scenarios) > 1:
         p = stratified_permutation_p(x, y, options.reps, np.random.default_rng(options.seed))
     else:
@@ -245,7 +254,8 @@ def study_report(runs: list[Run], options: Options, figures_link: str) -> Report
     claims_introduction = (
         f"Verdict of the test in the claimed direction at alpha {options.alpha}; \"not settled\" gives the seeds "
         "per method that the observed difference would need for 80% power; \"leaning reversed\": the observed "
-        "difference is the opposite of the claim's."
+        "difference is the opposite of the claim's; \"not run\": one of the two methods has no run there; \"not "
+        "evaluated\": their runs there lack the metric."
         + (f" The last column: {in_progress[0].lower()}{in_progress[1:]}" if in_progress else ""))
     claims = []
     for claim, metric, other, direction in CLAIMS:
