@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import json
 import math
-import itertools
 import os
 import random
 import shutil
@@ -30,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,15 +39,15 @@ from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from agents import run_folder
 from agents.allocator import keep_freed_memory
 from agents.attention import (MASK_SOURCES, attention_loss, has_target, linear_head_grad_cam, project_masks,
                               relevance_mass, training_masks)
+from agents.run_folder import CHECKPOINT, CheckpointMismatch, load_checkpoint, save_checkpoint, start_point
 from envs import REWARD_TRANSFORMS, check_scenario, make_env_groups, reward_scale_for
 from masks import mask_outline, targets_for
 from scenarios import is_config_path, short_name
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
 
 
 @dataclass
@@ -160,7 +158,6 @@ class Args:
     """(set at runtime) total_timesteps // batch_size"""
 
 
-RUNTIME_FIELDS = ("method", "batch_size", "minibatch_size", "num_iterations")
 # flags that may differ on --resume: how long, where and how fast a run trains, not what it learns
 RESUME_CHANGEABLE = ("total_timesteps", "cuda", "track", "wandb_project_name", "wandb_entity", "env_groups",
                      "acting_threads", "keep_freed_memory")
@@ -322,133 +319,25 @@ class Agent(nn.Module):
 
 def create_run_dir(args: Args) -> Path:
     """A new run folder named env__exp_name__seed__time; a launch in the same second gets a suffix."""
-    name = f"{short_name(args.env)}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    for attempt in itertools.count(1):
-        run_dir = Path(args.runs_dir) / (name if attempt == 1 else f"{name}-{attempt}")
-        try:
-            run_dir.mkdir(parents=True)
-        except FileExistsError:
-            continue
-        write_config(run_dir, args)
-        return run_dir
-
-
-def write_config(run_dir: Path, args: Args) -> None:
-    (run_dir / CONFIG).write_text(json.dumps(dataclasses.asdict(dataclasses.replace(args, resume=None)), indent=2))
-
-
-def load_run_config(run_dir: Path) -> Args:
-    config = run_dir / CONFIG
-    if not config.is_file() or not (run_dir / CHECKPOINT).is_file():
-        raise ValueError(f"--resume {run_dir}: not a run folder (needs {CONFIG} and {CHECKPOINT})")
-    try:
-        saved = json.loads(config.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--resume {run_dir}: {CONFIG} is not valid JSON ({error})") from None
-    known = {f.name for f in dataclasses.fields(Args)}
-    return Args(**{k: v for k, v in saved.items() if k in known})
+    return run_folder.create_run_dir(args, short_name(args.env))
 
 
 def resume_args(run_dir: str | Path) -> Args:
     """The saved arguments of a run, with ``resume`` set: flags given on top of them are changes."""
-    return dataclasses.replace(load_run_config(Path(run_dir)), resume=str(run_dir))
+    return run_folder.resume_args(run_dir, Args)
 
 
 def merge_resume(args: Args) -> Args:
     """The saved run's arguments with the changes that --resume allows; any other change is refused."""
-    saved = load_run_config(Path(args.resume))
-    ignored = RUNTIME_FIELDS + RESUME_CHANGEABLE + ("resume",)
-    changed = [f.name for f in dataclasses.fields(Args)
-               if f.name not in ignored and getattr(args, f.name) != getattr(saved, f.name)]
-    if changed:
-        described = ", ".join(f"{flag(n)} ({getattr(saved, n)!r} -> {getattr(args, n)!r})" for n in changed)
-        raise ValueError(f"--resume {args.resume} continues the run as it was configured; it cannot change "
-                         f"{described}; only {', '.join(flag(n) for n in RESUME_CHANGEABLE)} may be given")
-    merged = dataclasses.replace(saved, resume=args.resume, **{n: getattr(args, n) for n in RESUME_CHANGEABLE})
+    merged = run_folder.merge_resume(args, Args, RESUME_CHANGEABLE)
     set_runtime_fields(merged)
     return merged
 
 
-def save_checkpoint(path: Path, agent: Agent, optimizer: optim.Optimizer, iteration: int, global_step: int) -> None:
-    """Atomic: written to a temporary file, then renamed over the old checkpoint."""
-    state = {
-        "model": agent.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "iteration": iteration,
-        "global_step": global_step,
-        "num_actions": agent.actor.out_features,
-        "rng": {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(args: Args) -> dict:
-    """The checkpoint of the run being resumed, checked against its config (one-line ValueError)."""
-    path = Path(args.resume) / CHECKPOINT
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises several unrelated types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint, truncated or damaged ({type(error).__name__})") from None
-    missing = {"model", "optimizer", "iteration", "global_step", "num_actions", "rng"} - set(state) \
-        if isinstance(state, dict) else {"model"}
-    if missing:
-        raise ValueError(f"{path}: not a checkpoint of agents/ppo_camal.py (missing {', '.join(sorted(missing))})")
-    if state["global_step"] != state["iteration"] * args.batch_size:
-        raise ValueError(f"{path}: {state['global_step']} steps in {state['iteration']} updates do not match "
-                         f"{CONFIG}'s batch (num_envs x num_steps = {args.batch_size}); the checkpoint is another run's")
-    if state["iteration"] > args.num_iterations:
-        raise ValueError(f"--total-timesteps {args.total_timesteps}: the run has already trained "
-                         f"{state['global_step']} steps; give at least that many")
-    return state
-
-
-class StartPoint(NamedTuple):
-    iteration: int  # updates already done
-    global_step: int
-    reset_seed: int  # seed of the first envs.reset
-    mask_seed: int  # seed of the generator of control masks (--mask-source random / shuffled)
-    purge_step: int | None  # tensorboard drops the events an interrupted run logged from this step on
-
-
-def start_point(args: Args, checkpoint: dict | None, agent: Agent, optimizer: optim.Optimizer) -> StartPoint:
-    """Where training starts: at 0, or where ``checkpoint`` left off, with its weights and RNG states."""
-    if checkpoint is None:
-        return StartPoint(0, 0, args.seed, args.seed, None)
-    if checkpoint["num_actions"] != agent.actor.out_features:
-        raise CheckpointMismatch(f"{Path(args.resume) / CHECKPOINT}: made for {checkpoint['num_actions']} "
-                                 f"actions, but '{args.env}' has {agent.actor.out_features}")
-    try:
-        agent.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointMismatch(f"{Path(args.resume) / CHECKPOINT}: weights do not fit the agent "
-                                 f"({str(error).splitlines()[0]})") from None
-    rng = checkpoint["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    iteration, global_step = checkpoint["iteration"], checkpoint["global_step"]
-    # a resumed run starts fresh episodes, with seeds it has not used before; the events of the
-    # update that wrote the checkpoint (at global_step) are kept, later ones dropped
-    return StartPoint(iteration, global_step, args.seed + 1000 * iteration, args.seed + iteration, global_step + 1)
-
-
 def record_total_timesteps(args: Args, run_dir: Path, iteration: int) -> None:
     """A resumed run given another --total-timesteps keeps it in its config, for the next resume."""
-    saved_total = load_run_config(run_dir).total_timesteps
-    if args.total_timesteps == saved_total:
-        return
-    write_config(run_dir, args)
-    if args.anneal_lr:
+    saved_total = run_folder.record_total_timesteps(args, run_dir)
+    if saved_total is not None and args.anneal_lr:
         warn(f"training to {args.total_timesteps} steps instead of {saved_total}: the learning rate now anneals to 0 "
              f"over the new total ({(1 - iteration / args.num_iterations) * args.learning_rate:.3g} at the resume point)")
 
@@ -459,10 +348,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint of a resumed run does not fit its environment."""
 
 
 class StopRequested:

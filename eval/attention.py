@@ -32,7 +32,8 @@ import tyro
 from tqdm import tqdm
 
 from agents.attention import grad_cam, has_target, normalise_maps, random_blob_masks
-from agents.ppo_camal import CHECKPOINT, CONFIG, SEED_MAX, Agent, check_writable_dir
+from agents.ppo_camal import SEED_MAX, Agent, check_writable_dir
+from agents.run_folder import CHECKPOINT, CONFIG
 from envs import check_scenario, make_env
 from masks import mask_outline
 from eval.metrics import (chance_levels, deletion_insertion, dilate_to_cells, occlusion_drop, pointing_game,

@@ -35,7 +35,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from agents import ppo_camal
+from agents import ppo_camal, run_folder
 from eval import selection
 from envs import check_scenario
 from scenarios import short_name
@@ -283,29 +283,22 @@ def load_eval_args():
 
 
 def run_folders(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.glob("*/" + ppo_camal.CONFIG))
-
-
-def checkpoint_step(folder: Path) -> int:
-    import torch
-
-    state = torch.load(folder / ppo_camal.CHECKPOINT, map_location="cpu", weights_only=False)
-    return int(state["global_step"])
+    return sorted(p.parent for p in root.glob("*/" + run_folder.CONFIG))
 
 
 def run_state(root: Path, run: Run) -> tuple[str, Path | None, int]:
     """(done | partial | new | conflict: reason, run folder, trained steps) of a run's folder."""
-    folders = [f for f in run_folders(root) if (f / ppo_camal.CHECKPOINT).is_file()]
+    folders = [f for f in run_folders(root) if (f / run_folder.CHECKPOINT).is_file()]
     if not folders:
         return "new", None, 0
     if len(folders) > 1:
         return f"conflict: {len(folders)} run folders with a checkpoint in {root}; keep one", None, 0
     folder = folders[0]
-    budget = json.loads((folder / ppo_camal.CONFIG).read_text()).get("total_timesteps")
+    budget = json.loads((folder / run_folder.CONFIG).read_text()).get("total_timesteps")
     if budget != run.budget:
         return (f"conflict: {folder} was started with a budget of {budget} steps, the study says {run.budget}; "
                 "move the folder away to train it again", folder, 0)
-    step = checkpoint_step(folder)
+    step = run_folder.checkpoint_step(folder)
     if step >= run.final_step and (folder / EVAL_RESULT).is_file() and (folder / SHIFT_RESULT).is_file():
         return "done", folder, step
     return "partial", folder, step
@@ -395,7 +388,7 @@ def train_and_evaluate(run: Run, results_dir: str, cpus: float, gpus: float, boa
         if state.startswith("conflict"):
             raise RunFailed(state.removeprefix("conflict: "))
         for stale in run_folders(root):  # started but never checkpointed: nothing to resume
-            if not (stale / ppo_camal.CHECKPOINT).is_file():
+            if not (stale / run_folder.CHECKPOINT).is_file():
                 shutil.rmtree(stale)
         if step < run.final_step:
             if folder is not None:
