@@ -9,26 +9,20 @@ in the rollout, on every minibatch, and adds lambda * mean(beta - alpha) to the 
 (docs/method.md s.3-4). Acting is a plain forward pass.
 
 Where the logic is CleanRL's, so are the names and the section comments; what a run does on
---resume, Ctrl-C / SIGTERM and bad input is gathered in the "run folder" section below.
+--resume, Ctrl-C / SIGTERM and bad input lives in agents/ppo_args.py (the arguments and their checks),
+agents/run_folder.py (the run folder, checkpoint and resume) and agents/signals.py.
 """
+
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import importlib.util
-import math
-import os
 import random
 import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -41,297 +35,15 @@ from tqdm import tqdm
 
 from agents import run_folder
 from agents.allocator import keep_freed_memory
-from agents.attention import (MASK_SOURCES, attention_loss, has_target, linear_head_grad_cam, project_masks,
-                              relevance_mass, training_masks)
+from agents.attention import attention_loss, project_masks, training_masks
+from agents.attention_logging import log_attention, warn_if_no_target
+from agents.checks import warn
+from agents.network import Agent
+from agents.ppo_args import Args, check_args, create_run_dir, merge_resume, resume_args, set_runtime_fields
 from agents.run_folder import CHECKPOINT, CheckpointMismatch, load_checkpoint, save_checkpoint, start_point
-from envs import REWARD_TRANSFORMS, check_scenario, make_env_groups, reward_scale_for
-from masks import mask_outline, targets_for
-from scenarios import is_config_path, short_name
-
-
-
-@dataclass
-class Args:
-    env: str = "basic"
-    """scenario: a stock short name (basic, defend_the_center, ...; scenarios/table.py) or the path of a .cfg
-    file (a custom scenario: needs --targets and --reward-scale or another --reward-transform; README)"""
-    exp_name: str = ""
-    """name of the experiment in the run folder's name (default: the method, e.g. camal, vanilla)"""
-    seed: int = 1
-    """seed of the experiment (torch, numpy, python, environments)"""
-    torch_deterministic: bool = True
-    """sets torch.backends.cudnn.deterministic"""
-    cuda: bool = True
-    """use CUDA when it is available"""
-    bf16: bool = False
-    """run the network's layers in bfloat16 (torch.autocast; weights, losses and the attention terms stay fp32):
-    ~2.5x faster updates on CPUs with AMX or AVX512-BF16 and on GPUs, much slower on CPUs without (README: Speed)"""
-    env_groups: int = 2
-    """step the envs in this many groups, the policy acting on one group while the engines of the others run
-    (1: all envs at once, as CleanRL; README: Speed)"""
-    acting_threads: int | None = 1
-    """torch threads while acting on a few frames, leaving the other cores to the engines (None: torch's
-    default, which the update always uses)"""
-    keep_freed_memory: bool = True
-    """have glibc's malloc keep the memory each minibatch frees for the next one instead of returning it to
-    the system (agents/allocator.py; fewer page faults, 1.02-1.045x end to end here; README: Speed)"""
-    track: bool = False
-    """also log to Weights and Biases (needs `pip install wandb`)"""
-    wandb_project_name: str = "camal-vizdoom"
-    """the wandb project name"""
-    wandb_entity: str | None = None
-    """the wandb entity (team)"""
-    capture_video: bool = False
-    """record videos of the first environment's episodes to videos/{run_name}"""
-    runs_dir: str = "runs"
-    """folder that holds the run folders"""
-    save_every: int = 10
-    """write a checkpoint every this many updates (and always at the end or on Ctrl-C/SIGTERM)"""
-    resume: str | None = None
-    """continue the run in this run folder (same step count, same tensorboard curves). Flags given with it
-    must not change the run, except --total-timesteps (train longer), --cuda, --track and --wandb-*;
-    other changes are refused"""
-    image_every: int = 10
-    """log frames with the attention map and the mask to tensorboard every this many updates (0: never)"""
-
-    # Environment
-    reward_transform: Literal["scale", "clip", "none"] = "scale"
-    """learning reward: per-scenario scale (measured to learn), clip to [-1, 1] (the paper's), or none"""
-    reward_scale: float | None = None
-    """factor of --reward-transform scale (default: the stock scenario's; a custom .cfg has none; README)"""
-    targets: str | None = None
-    """override the scenario's target objects, comma-separated names or categories (e.g. Monster,Medikit); not empty"""
-
-    # PPO (CleanRL's ppo_atari defaults)
-    total_timesteps: int = 100_000
-    """total environment steps (after frame skip)"""
-    learning_rate: float = 2.5e-4
-    """the learning rate of the optimizer"""
-    num_envs: int = 8
-    """the number of parallel environments (one engine each)"""
-    num_steps: int = 128
-    """the number of steps per environment per rollout"""
-    anneal_lr: bool = True
-    """anneal the learning rate linearly to 0"""
-    gamma: float = 0.99
-    """the discount factor"""
-    gae_lambda: float = 0.95
-    """the lambda of generalised advantage estimation"""
-    num_minibatches: int = 4
-    """the number of minibatches per epoch"""
-    update_epochs: int = 4
-    """the number of epochs per update"""
-    norm_adv: bool = True
-    """normalise advantages per minibatch"""
-    clip_coef: float = 0.1
-    """the surrogate clipping coefficient"""
-    clip_vloss: bool = True
-    """clip the value loss"""
-    ent_coef: float = 0.01
-    """the entropy coefficient"""
-    vf_coef: float = 0.5
-    """the value function coefficient"""
-    max_grad_norm: float = 0.5
-    """the maximum norm for gradient clipping"""
-    target_kl: float | None = None
-    """stop the update early when the approximate KL exceeds this"""
-
-    # Attention loss (docs/method.md s.4)
-    attn_loss: Literal["none", "camal", "rrr", "entropy"] = "camal"
-    """attention loss: none (vanilla PPO), camal, rrr (Right for the Right Reasons control) or entropy (the
-    generic regulariser control: minimise the map's entropy, no mask)"""
-    camal_coef: float | None = None
-    """lambda: weight of the attention loss; default 0.1 for camal, 0.01 for rrr, 1 for entropy (docs/agent.md:
-    choice of lambda); 0 reproduces vanilla PPO"""
-    mask_source: Literal["labels", "random", "shuffled", "uniform"] = "labels"
-    """masks the attention loss sees: labels (true), random (same-area blobs), shuffled (another frame's) or
-    uniform (the whole frame, on frames with a target)"""
-
-    # filled in at runtime
-    method: tyro.conf.Suppress[str] = ""
-    """(set at runtime) method label used by eval/aggregate.py"""
-    batch_size: tyro.conf.Suppress[int] = 0
-    """(set at runtime) num_envs * num_steps"""
-    minibatch_size: tyro.conf.Suppress[int] = 0
-    """(set at runtime) batch_size // num_minibatches"""
-    num_iterations: tyro.conf.Suppress[int] = 0
-    """(set at runtime) total_timesteps // batch_size"""
-
-
-# flags that may differ on --resume: how long, where and how fast a run trains, not what it learns
-RESUME_CHANGEABLE = ("total_timesteps", "cuda", "track", "wandb_project_name", "wandb_entity", "env_groups",
-                     "acting_threads", "keep_freed_memory")
-# lambda of each attention loss when --camal-coef is not given: the largest value that did not slow
-# learning on basic in its sweep (README: choice of lambda, RRR sweep)
-DEFAULT_ATTENTION_COEF = {"none": 0.0, "camal": 0.1, "rrr": 0.01, "entropy": 1.0}
-SEED_MAX = 2**32 - 1  # numpy's seed range is [0, 2**32 - 1]
-NO_TARGET_UPDATES = 3  # an attention-loss run that sees no target in this many first updates is warned
-
-
-def method_label(args: Args) -> str:
-    if args.attn_loss == "none":
-        return "vanilla"
-    return args.attn_loss if args.mask_source == "labels" else f"{args.attn_loss}-{args.mask_source}"
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def warn(message: str) -> None:
-    tqdm.write(f"warning: {message}", file=sys.stderr)
-
-
-def check_args(args: Args) -> None:
-    """Raise ValueError (one line: what was wrong, what is valid) for bad arguments."""
-    for field in dataclasses.fields(args):
-        value = getattr(args, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{flag(field.name)} must be a finite number, got {value}")
-    if not 0 <= args.seed <= SEED_MAX:
-        raise ValueError(f"--seed must be in [0, {SEED_MAX}] (numpy's seed range), got {args.seed}")
-    reward_scale_for(check_scenario(args.env), args.reward_transform, args.reward_scale)
-    targets_for(args.env, args.targets)
-    if args.camal_coef is not None and args.camal_coef < 0:
-        raise ValueError(f"--camal-coef must be >= 0, got {args.camal_coef}")
-    if args.mask_source not in MASK_SOURCES:
-        raise ValueError(f"unknown --mask-source '{args.mask_source}'; valid: {', '.join(MASK_SOURCES)}")
-    if args.reward_transform not in REWARD_TRANSFORMS:
-        raise ValueError(f"unknown --reward-transform; valid: {', '.join(REWARD_TRANSFORMS)}")
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "save_every",
-                 "learning_rate", "clip_coef", "max_grad_norm", "env_groups"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"{flag(name)} must be > 0, got {getattr(args, name)}")
-    for name in ("image_every", "ent_coef", "vf_coef"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
-    for name in ("gamma", "gae_lambda"):
-        if not 0 <= getattr(args, name) <= 1:
-            raise ValueError(f"{flag(name)} must be in [0, 1], got {getattr(args, name)}")
-    if args.acting_threads is not None and args.acting_threads <= 0:
-        raise ValueError(f"--acting-threads must be > 0 (or None: torch's default), got {args.acting_threads}")
-    if args.target_kl is not None and args.target_kl <= 0:
-        raise ValueError(f"--target-kl must be > 0 (or omitted), got {args.target_kl}")
-    batch_size = args.num_envs * args.num_steps
-    if batch_size % args.num_minibatches:
-        raise ValueError(
-            f"--num-minibatches {args.num_minibatches} does not divide the batch "
-            f"(num_envs x num_steps = {batch_size}); choose a divisor of {batch_size}"
-        )
-    if args.norm_adv and batch_size // args.num_minibatches < 2:
-        raise ValueError(f"a minibatch of {batch_size // args.num_minibatches} sample cannot normalise advantages "
-                         f"(their std needs 2); lower --num-minibatches or pass --no-norm-adv")
-    if args.total_timesteps < batch_size:
-        raise ValueError(f"--total-timesteps {args.total_timesteps} is less than one batch ({batch_size} steps)")
-    if args.track and importlib.util.find_spec("wandb") is None:
-        raise ValueError("--track needs wandb: pip install wandb")
-    check_writable_dir(Path.cwd(), "working directory (the engines write _vizdoom/ there)")
-    if not args.resume:
-        check_writable_dir(Path(args.runs_dir), "--runs-dir")
-
-
-def check_writable_dir(path: Path, name: str) -> None:
-    """ValueError unless ``path`` is a writable folder or can be created in its nearest existing parent."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{name} {path}: {existing} is a file, not a folder")
-    try:  # a real try: permission bits do not stop root, and some file systems take no new folders
-        os.rmdir(tempfile.mkdtemp(dir=existing))
-    except OSError:
-        raise ValueError(f"{name} {path}: {existing} is not writable") from None
-
-
-def set_runtime_fields(args: Args) -> None:
-    if args.camal_coef is None:
-        args.camal_coef = DEFAULT_ATTENTION_COEF[args.attn_loss]
-    args.method = method_label(args)
-    args.exp_name = args.exp_name or args.method
-    args.batch_size = int(args.num_envs * args.num_steps)
-    args.minibatch_size = int(args.batch_size // args.num_minibatches)
-    args.num_iterations = args.total_timesteps // args.batch_size
-
-
-def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Module:
-    torch.nn.init.orthogonal_(layer.weight, std)
-    torch.nn.init.constant_(layer.bias, bias_const)
-    return layer
-
-
-class Agent(nn.Module):
-    """Nature CNN; ``conv`` ends in the last convolutional layer, whose output Grad-CAM explains."""
-
-    MAP_SIZE = (7, 7)  # (h, w) of that output for 84x84 frames: the resolution of the Grad-CAM maps
-
-    def __init__(self, num_actions: int, frames: int = 4):
-        super().__init__()
-        self.conv = nn.Sequential(
-            layer_init(nn.Conv2d(frames, 32, 8, stride=4)),
-            nn.ReLU(),
-            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
-            nn.ReLU(),
-            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
-            nn.ReLU(),
-        )
-        self.head = nn.Sequential(
-            nn.Flatten(), layer_init(nn.Linear(64 * self.MAP_SIZE[0] * self.MAP_SIZE[1], 512)), nn.ReLU()
-        )
-        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
-        self.critic = layer_init(nn.Linear(512, 1), std=1)
-        self.to(memory_format=torch.channels_last)  # oneDNN's and cuDNN's fast layout: 1.5x faster updates here
-
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Output A of the last conv layer (after its ReLU), for uint8 or float pixels in [0, 255]."""
-        return self.conv((pixels.float() / 255.0).contiguous(memory_format=torch.channels_last))
-
-    def get_value(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.critic(self.head(self.features(pixels))).float()  # fp32 out of a --bf16 autocast
-
-    def get_action_and_value(self, pixels: torch.Tensor, action: torch.Tensor | None = None):
-        logits, value, _ = self.logits_value_features(pixels)
-        if not torch.isfinite(logits).all():  # weights that the last update blew up: no policy to act with
-            raise FloatingPointError(f"policy logits = {logits[~torch.isfinite(logits)][0].item()} while acting")
-        probs = Categorical(logits=logits)
-        if action is None:
-            action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), value
-
-    def logits_value_features(self, pixels: torch.Tensor):
-        logits, value, features, _ = self.logits_value_features_hidden(pixels)
-        return logits, value, features
-
-    def logits_value_features_hidden(self, pixels: torch.Tensor):
-        """Also the hidden layer ``ReLU(fc(flatten(A)))``, which the closed-form Grad-CAM needs."""
-        features = self.features(pixels)
-        hidden = self.head(features)
-        # fp32 out of a bfloat16 autocast (--bf16): the losses, the policy and Grad-CAM are computed in fp32
-        return self.actor(hidden).float(), self.critic(hidden).float(), features.float(), hidden.float()
-
-    def grad_cam(self, features: torch.Tensor, hidden: torch.Tensor, actions: torch.Tensor, size=None) -> torch.Tensor:
-        """Differentiable Grad-CAM of ``actions`` in closed form (no double backward), upsampled to ``size``
-        (None: at A's 7x7, for ``camal_loss_low_res``)."""
-        return linear_head_grad_cam(features, hidden, actions, self.head[1].weight, self.actor.weight, size)
-
-
-# ---------------------------------------------------------------- run folder, checkpoint, resume
-
-
-def create_run_dir(args: Args) -> Path:
-    """A new run folder named env__exp_name__seed__time; a launch in the same second gets a suffix."""
-    return run_folder.create_run_dir(args, short_name(args.env))
-
-
-def resume_args(run_dir: str | Path) -> Args:
-    """The saved arguments of a run, with ``resume`` set: flags given on top of them are changes."""
-    return run_folder.resume_args(run_dir, Args)
-
-
-def merge_resume(args: Args) -> Args:
-    """The saved run's arguments with the changes that --resume allows; any other change is refused."""
-    merged = run_folder.merge_resume(args, Args, RESUME_CHANGEABLE)
-    set_runtime_fields(merged)
-    return merged
+from agents.signals import Interrupted, NonFiniteLoss, StopRequested
+from envs import make_env_groups
+from scenarios import is_config_path
 
 
 def record_total_timesteps(args: Args, run_dir: Path, iteration: int) -> None:
@@ -340,49 +52,6 @@ def record_total_timesteps(args: Args, run_dir: Path, iteration: int) -> None:
     if saved_total is not None and args.anneal_lr:
         warn(f"training to {args.total_timesteps} steps instead of {saved_total}: the learning rate now anneals to 0 "
              f"over the new total ({(1 - iteration / args.num_iterations) * args.learning_rate:.3g} at the resume point)")
-
-
-class Interrupted(KeyboardInterrupt):
-    """A second Ctrl-C / SIGTERM: training stops at once, without writing a checkpoint."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-class StopRequested:
-    """Ctrl-C / SIGTERM set a flag; training stops at the end of the update and writes a checkpoint."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # a second signal stops at once; the last checkpoint stays
-            raise Interrupted(signum)
-        self.signum = signum
-        tqdm.write(f"signal {signum}: stopping after this update and writing a checkpoint (again to stop at once)")
-
-
-class NonFiniteLoss(Exception):
-    """A loss, its gradient or the policy became NaN or infinite: training stops, writing no checkpoint."""
-
-    def __init__(self, iteration: int, terms: dict[str, torch.Tensor] | str):
-        if not isinstance(terms, str):
-            terms = ", ".join(f"{name} = {value.item()}" for name, value in terms.items() if not torch.isfinite(value))
-        super().__init__(f"update {iteration}: non-finite {terms}")
-
-
-def attention_images(pixels: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) in [0, 1]: newest grey frame, attention in red, mask outline in green."""
-    frame = pixels[:, -1].float() / 255.0
-    attention = maps / (maps.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-8)
-    edge = torch.as_tensor(np.stack([mask_outline(m) for m in masks.cpu().numpy()]), device=frame.device).float()
-    red = (0.6 * frame + 0.4 * attention).clamp(0, 1)
-    green = torch.maximum(0.6 * frame, edge)
-    blue = 0.6 * frame
-    return torch.stack([red, green, blue], dim=1)
 
 
 def main(args: Args) -> Path:
@@ -686,16 +355,6 @@ def train(args: Args, run_dir: Path, envs, device: torch.device, checkpoint: dic
     return stop.signum
 
 
-def warn_if_no_target(args: Args, b_masks: torch.Tensor, updates_done: int, updates_planned: int) -> bool:
-    """Whether this rollout saw a target; warns once when an attention-loss run saw none in its first updates."""
-    seen = bool(has_target(b_masks).any())
-    if not seen and args.attn_loss != "none" and updates_done == min(NO_TARGET_UPDATES, updates_planned):
-        warn(f"no frame of the first {updates_done} updates had a target in its mask (targets: "
-             f"{', '.join(targets_for(args.env, args.targets))}): the {args.attn_loss} loss is 0 and the run "
-             f"trains as vanilla PPO; check --targets")
-    return seen
-
-
 def finished_episodes(infos: dict):
     """(true return, length) of each episode that ended on this step (same-step autoreset)."""
     final = infos.get("final_info", {})
@@ -703,27 +362,6 @@ def finished_episodes(infos: dict):
         return []
     ended = final["_episode"]
     return [(float(r), int(l)) for r, l, e in zip(final["episode"]["r"], final["episode"]["l"], ended) if e]
-
-
-def log_attention(writer, agent, b_pixels, b_masks, b_actions, global_step, args, iteration, sample_size=256):
-    """Relevance mass, mask fraction and zero-map fraction on a sample of the rollout, for every method alike."""
-    generator = torch.Generator().manual_seed(iteration)
-    idx = torch.randperm(b_pixels.shape[0], generator=generator)[:sample_size].to(b_pixels.device)
-    pixels, masks, actions = b_pixels[idx], b_masks[idx], b_actions[idx]
-    with torch.no_grad():  # the closed-form map: a forward pass, no backward
-        _, _, features, hidden = agent.logits_value_features_hidden(pixels)
-        maps = agent.grad_cam(features, hidden, actions, masks.shape[-2:])
-    with_target = has_target(masks)
-    writer.add_scalar("attention/mask_fraction", with_target.float().mean().item(), global_step)
-    # share of all-zero maps: the CAMAL loss can also be lowered by switching attention off
-    writer.add_scalar("attention/zero_map_fraction", (maps.flatten(1).amax(dim=1) == 0).float().mean().item(), global_step)
-    if with_target.any():
-        mass = relevance_mass(maps[with_target], masks[with_target])
-        if not torch.isnan(mass).all():
-            writer.add_scalar("attention/relevance_mass", torch.nanmean(mass).item(), global_step)
-    if args.image_every and iteration % args.image_every == 0:
-        shown = torch.nonzero(with_target).flatten()[:8] if with_target.any() else torch.arange(min(8, len(idx)))
-        writer.add_images("attention/frames", attention_images(pixels[shown], maps[shown], masks[shown]), global_step)
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

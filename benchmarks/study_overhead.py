@@ -14,7 +14,6 @@ and the aggregate SPS of 1, 2, 4 concurrent runs, all in one invocation on the s
 from __future__ import annotations
 
 import os
-import runpy
 import subprocess
 import sys
 import tempfile
@@ -25,11 +24,10 @@ from pathlib import Path
 import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents.methods import METHODS
 from envs import check_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
-# experiments/study.py's method -> trainer flags table; the study runner is a script, so it is run from its file
-METHODS = runpy.run_path(str(ROOT / "experiments" / "study.py"), run_name="study")["METHODS"]
 
 STUDY = """[budgets]
 {env} = {steps}

@@ -42,7 +42,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.distributions.categorical import Categorical
 
 from agents.attention import camal_loss, camal_loss_low_res, grad_cam, project_masks, rrr_loss
-from agents.ppo_camal import Agent
+from agents.network import Agent
 from env_throughput import raw_steps_per_second  # the sibling script (benchmarks/ is on sys.path)
 from envs import check_scenario, make_env, make_env_groups
 from envs.doom import FRAME_SIZE, STACK_SIZE

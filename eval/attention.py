@@ -32,7 +32,8 @@ import tyro
 from tqdm import tqdm
 
 from agents.attention import grad_cam, has_target, normalise_maps, random_blob_masks
-from agents.ppo_camal import SEED_MAX, Agent, check_writable_dir
+from agents.checks import SEED_MAX, check_writable_dir
+from agents.network import Agent
 from agents.run_folder import CHECKPOINT, CONFIG
 from envs import check_scenario, make_env
 from masks import mask_outline

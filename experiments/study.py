@@ -35,23 +35,14 @@ from typing import Annotated, Literal
 
 import tyro
 
-from agents import ppo_camal, run_folder
+from agents import ppo_args, run_folder
+from agents.methods import METHODS
 from eval import selection
 from envs import check_scenario
 from scenarios import short_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# method label (as written in config.json) -> flags of agents/ppo_camal.py
-METHODS: dict[str, list[str]] = {
-    "vanilla": ["--attn-loss", "none"],
-    "camal": ["--attn-loss", "camal"],
-    "camal-random": ["--attn-loss", "camal", "--mask-source", "random"],
-    "camal-shuffled": ["--attn-loss", "camal", "--mask-source", "shuffled"],
-    "rrr": ["--attn-loss", "rrr"],
-    "entropy": ["--attn-loss", "entropy"],
-    "camal-uniform": ["--attn-loss", "camal", "--mask-source", "uniform"],
-}
 # agent flags the runner sets itself (from the run's scenario, method, seed, budget, folder, resources)
 RUNNER_FLAGS = {"env", "seed", "total_timesteps", "runs_dir", "resume", "attn_loss", "mask_source", "cuda",
                 "exp_name", "track"}
@@ -192,7 +183,7 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
     for key in ("budgets", "runs"):
         if key not in spec:
             raise StudyError(f"{path}: missing [{key}]" if key == "budgets" else f"{path}: missing [[runs]]")
-    agent_hints = field_hints(ppo_camal.Args)
+    agent_hints = field_hints(ppo_args.Args)
     eval_hints = field_hints(load_eval_args())
     budgets = table(spec["budgets"], f"{path}: [budgets]")
     for env, budget in budgets.items():
@@ -249,10 +240,10 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
             for method in group["methods"]:
                 flags = tuple(common + as_flags(method_flags.get(method, {}), agent_hints, RUNNER_FLAGS,
                                                 f"{path}: [method_flags.{method}]"))
-                run_args = tyro.cli(ppo_camal.Args, args=["--env", env, "--total-timesteps", str(budgets[env]),
+                run_args = tyro.cli(ppo_args.Args, args=["--env", env, "--total-timesteps", str(budgets[env]),
                                                          *METHODS[method], *flags])
                 try:
-                    ppo_camal.check_args(run_args)
+                    ppo_args.check_args(run_args)
                 except ValueError as error:
                     raise StudyError(f"{where}: {env} {method}: {error}") from None
                 for seed in group["seeds"]:
