@@ -224,3 +224,55 @@ def record_total_timesteps(args, run_dir: Path) -> int | None:
         return None
     write_config(run_dir, args)
     return saved_total
+
+
+# ---------------------------------------------------------------- a classifier run (agents/camal_classifier.py)
+
+CLASSIFIER_CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "batch", "images_seen", "num_classes", "rng")
+
+
+def save_classifier_checkpoint(path: Path, classifier, optimizer, epoch: int, batch: int, images_seen: int,
+                               num_classes: int, mask_generator) -> None:
+    """agents/camal_classifier.py's checkpoint: weights, optimizer, where in which epoch it stopped (``batch``
+    batches of epoch ``epoch`` done; epochs count from 0), and the RNG states (the epoch's order is drawn from the
+    seed and the epoch, so resuming mid-epoch continues the same order)."""
+    import torch
+
+    save_state(path, {
+        "model": classifier.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "batch": batch,
+        "images_seen": images_seen,
+        "num_classes": num_classes,
+        "rng": {"torch": torch.get_rng_state(), "masks": mask_generator.get_state()},
+    })
+
+
+def load_classifier_checkpoint(run_dir: str | Path) -> dict:
+    return load_state(Path(run_dir) / CHECKPOINT, CLASSIFIER_CHECKPOINT_KEYS)
+
+
+def write_curves(run_dir: Path, rows: list[dict]) -> None:
+    """curves.csv: one row per epoch (the columns of the first row; a later row's missing values are empty)."""
+    import csv
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    tmp = run_dir / (CURVES + ".tmp")
+    with open(tmp, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, run_dir / CURVES)
+
+
+def read_curves(run_dir: str | Path) -> list[dict]:
+    """curves.csv's rows, numbers as floats (empty cells NaN); [] when the run has none yet."""
+    import csv
+
+    path = Path(run_dir) / CURVES
+    if not path.is_file():
+        return []
+    with open(path, newline="") as file:
+        return [{key: float(value) if value != "" else float("nan") for key, value in row.items()}
+                for row in csv.DictReader(file)]

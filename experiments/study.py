@@ -37,6 +37,7 @@ import tyro
 
 from agents import ppo_args, run_folder
 from agents.methods import METHODS
+from vision.folder import splits_of
 from eval import selection
 from envs import check_scenario
 from scenarios import short_name
@@ -47,7 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNNER_FLAGS = {"env", "seed", "total_timesteps", "runs_dir", "resume", "attn_loss", "mask_source", "cuda",
                 "exp_name", "track"}
 EVAL_RUNNER_FLAGS = {"run", "out", "cuda", "frames", "record_frames"}
-STUDY_KEYS = {"budgets", "runs", "resources", "flags", "method_flags", "eval"}
+STUDY_KEYS = {"budgets", "runs", "resources", "flags", "method_flags", "eval", "classifier"}
+CLASSIFIER_RUNNER_FLAGS = {"data", "model", "seed", "epochs", "runs_dir", "resume", "attn_loss", "mask_source",
+                           "cuda", "exp_name"}
+CLASSIFIER_EVAL_RUNNER_FLAGS = {"run", "out", "cuda", "data"}
 EVAL_RESULT = "attention_eval.json"
 SHIFT_RESULT = "shift_eval.json"
 SHIFT_SHARED_FLAGS = ("--episodes", "--seed", "--greedy")  # eval flags that eval/shift.py takes too
@@ -96,6 +100,13 @@ class Run:
     eval_flags: tuple[str, ...]
     num_envs: int
     batch_size: int
+    data: str | None = None
+    """a classifier study's data folder; None: an RL run (env: the scenario, budget: steps); else env is the
+    classifier's model and budget its epochs"""
+
+    @property
+    def unit(self) -> str:
+        return "steps" if self.data is None else "epochs"
 
     @property
     def name(self) -> str:
@@ -183,6 +194,8 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
     for key in ("budgets", "runs"):
         if key not in spec:
             raise StudyError(f"{path}: missing [{key}]" if key == "budgets" else f"{path}: missing [[runs]]")
+    if "classifier" in spec:
+        return parse_classifier_study(spec, path, name, cpus, gpus)
     agent_hints = field_hints(ppo_args.Args)
     eval_hints = field_hints(load_eval_args())
     budgets = table(spec["budgets"], f"{path}: [budgets]")
@@ -201,15 +214,7 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
         table(flags, f"{path}: [method_flags.{method}]")
     eval_flags = tuple(as_flags(table(spec.get("eval", {}), f"{path}: [eval]"), eval_hints, EVAL_RUNNER_FLAGS,
                                 f"{path}: [eval]"))
-    resources = table(spec.get("resources", {}), f"{path}: [resources]")
-    if set(resources) - {"cpus", "gpus"}:
-        raise StudyError(f"{path}: [resources]: unknown key '{sorted(set(resources) - {'cpus', 'gpus'})[0]}'; valid: cpus, gpus")
-    cpus = cpus if cpus is not None else resources.get("cpus", 1)
-    gpus = gpus if gpus is not None else resources.get("gpus", 0)
-    if not fits(cpus, float) or cpus <= 0:
-        raise StudyError(f"CPUs per run must be > 0, got {cpus!r}")
-    if not fits(gpus, float) or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
-        raise StudyError(f"GPUs per run must be a fraction in [0, 1] or a whole number, got {gpus!r}")
+    cpus, gpus = parse_resources(spec, path, cpus, gpus)
 
     groups = spec["runs"]
     if not isinstance(groups, list) or not groups:
@@ -253,6 +258,88 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
     return Study(name, list(runs.values()), float(cpus), float(gpus))
 
 
+def parse_resources(spec: dict, path: str, cpus: float | None, gpus: float | None) -> tuple[float, float]:
+    resources = table(spec.get("resources", {}), f"{path}: [resources]")
+    if set(resources) - {"cpus", "gpus"}:
+        raise StudyError(f"{path}: [resources]: unknown key '{sorted(set(resources) - {'cpus', 'gpus'})[0]}'; valid: cpus, gpus")
+    cpus = cpus if cpus is not None else resources.get("cpus", 1)
+    gpus = gpus if gpus is not None else resources.get("gpus", 0)
+    if not fits(cpus, float) or cpus <= 0:
+        raise StudyError(f"CPUs per run must be > 0, got {cpus!r}")
+    if not fits(gpus, float) or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+        raise StudyError(f"GPUs per run must be a fraction in [0, 1] or a whole number, got {gpus!r}")
+    return cpus, gpus
+
+
+def parse_classifier_study(spec: dict, path: str, name: str, cpus: float | None, gpus: float | None) -> Study:
+    """A classifier study (a [classifier] table naming the data folder): [budgets] are epochs per model, and
+    [[runs]] list models instead of scenarios; [flags] are agents/camal_classifier.py's, [eval] eval/classifier.py's."""
+    from agents import camal_classifier
+    from eval import classifier as classifier_eval
+    from vision.models import MODELS
+
+    settings = table(spec["classifier"], f"{path}: [classifier]")
+    if set(settings) != {"data"} or not isinstance(settings["data"], str):
+        raise StudyError(f"{path}: [classifier] needs exactly data = \"FOLDER\" (the data folder of every run)")
+    data = str((Path(path).parent / settings["data"]).resolve()) if not Path(settings["data"]).is_absolute() \
+        else settings["data"]
+    for key in ("budgets", "runs"):
+        if key not in spec:
+            raise StudyError(f"{path}: missing [{key}]" if key == "budgets" else f"{path}: missing [[runs]]")
+    hints = field_hints(camal_classifier.Args)
+    budgets = table(spec["budgets"], f"{path}: [budgets]")
+    for model, epochs in budgets.items():
+        if model not in MODELS:
+            raise StudyError(f"{path}: [budgets]: unknown model '{model}'; valid: {', '.join(MODELS)}")
+        if not fits(epochs, int) or epochs <= 0:
+            raise StudyError(f"{path}: [budgets] {model} = {epochs!r}; a classifier's budget is a number of epochs > 0")
+    common = as_flags(table(spec.get("flags", {}), f"{path}: [flags]"), hints, CLASSIFIER_RUNNER_FLAGS,
+                      f"{path}: [flags]")
+    method_flags = table(spec.get("method_flags", {}), f"{path}: [method_flags]")
+    for method, flags in method_flags.items():
+        if method not in METHODS:
+            raise StudyError(f"{path}: [method_flags.{method}]: unknown method; valid: {', '.join(METHODS)}")
+        table(flags, f"{path}: [method_flags.{method}]")
+    eval_flags = tuple(as_flags(table(spec.get("eval", {}), f"{path}: [eval]"), field_hints(classifier_eval.Args),
+                                CLASSIFIER_EVAL_RUNNER_FLAGS, f"{path}: [eval]"))
+    cpus, gpus = parse_resources(spec, path, cpus, gpus)
+    groups = spec["runs"]
+    if not isinstance(groups, list) or not groups:
+        raise StudyError(f"{path}: [[runs]] must be one or more tables of models, methods and seeds")
+    runs: dict[str, Run] = {}
+    for i, group in enumerate(groups, 1):
+        where = f"{path}: [[runs]] #{i}"
+        group = table(group, where)
+        if set(group) != {"models", "methods", "seeds"}:
+            raise StudyError(f"{where}: needs exactly the keys models, methods, seeds; got {', '.join(sorted(group))}")
+        for key in ("models", "methods", "seeds"):
+            if not isinstance(group[key], list) or not group[key]:
+                raise StudyError(f"{where}: {key} must be a non-empty list")
+        for method in group["methods"]:
+            if method not in METHODS:
+                raise StudyError(f"{where}: unknown method {method!r}; valid: {', '.join(METHODS)}")
+        for model in group["models"]:
+            if model not in budgets:
+                raise StudyError(f"{where}: model '{model}' has no budget (epochs) in [budgets]")
+        for seed in group["seeds"]:
+            if not fits(seed, int) or not 0 <= seed < 2**32:
+                raise StudyError(f"{where}: seed {seed!r} is not an integer in [0, 2**32)")
+        for model in group["models"]:
+            for method in group["methods"]:
+                flags = tuple(common + as_flags(method_flags.get(method, {}), hints, CLASSIFIER_RUNNER_FLAGS,
+                                                f"{path}: [method_flags.{method}]"))
+                run_args = tyro.cli(camal_classifier.Args, args=["--model", model, "--epochs", str(budgets[model]),
+                                                                 "--data", data, *METHODS[method], *flags])
+                try:
+                    camal_classifier.check_args(run_args, data_needed=False)
+                except ValueError as error:
+                    raise StudyError(f"{where}: {model} {method}: {error}") from None
+                for seed in group["seeds"]:
+                    run = Run(model, method, seed, budgets[model], flags, eval_flags, 0, 1, data)
+                    runs.setdefault(run.name, run)
+    return Study(name, list(runs.values()), float(cpus), float(gpus))
+
+
 def select_runs(study: Study, scenarios: list[str] | None, methods: list[str] | None,
                 seeds: list[int] | None = None) -> Study:
     """The part of a study to run now; its runs keep their names, so the whole study later skips them."""
@@ -285,12 +372,17 @@ def run_state(root: Path, run: Run) -> tuple[str, Path | None, int]:
     if len(folders) > 1:
         return f"conflict: {len(folders)} run folders with a checkpoint in {root}; keep one", None, 0
     folder = folders[0]
-    budget = json.loads((folder / run_folder.CONFIG).read_text()).get("total_timesteps")
+    budget = json.loads((folder / run_folder.CONFIG).read_text()).get("total_timesteps" if run.data is None else "epochs")
     if budget != run.budget:
-        return (f"conflict: {folder} was started with a budget of {budget} steps, the study says {run.budget}; "
+        return (f"conflict: {folder} was started with a budget of {budget} {run.unit}, the study says {run.budget}; "
                 "move the folder away to train it again", folder, 0)
-    step = run_folder.checkpoint_step(folder)
-    if step >= run.final_step and (folder / EVAL_RESULT).is_file() and (folder / SHIFT_RESULT).is_file():
+    if run.data is None:
+        step = run_folder.checkpoint_step(folder)
+        evaluated = (folder / EVAL_RESULT).is_file() and (folder / SHIFT_RESULT).is_file()
+    else:
+        step = int(run_folder.load_classifier_checkpoint(folder)["epoch"])
+        evaluated = (folder / run_folder.CLASSIFIER_EVAL).is_file()
+    if step >= run.final_step and evaluated:
         return "done", folder, step
     return "partial", folder, step
 
@@ -340,6 +432,12 @@ def report_progress(root: Path, run: Run, board, stop: threading.Event, every: f
         folders = run_folders(root)
         if not folders:
             continue
+        if run.data is not None:  # a classifier: its curves.csv, one row per epoch
+            rows = run_folder.read_curves(folders[-1])
+            if rows:
+                board.update.remote(run.name, step=int(rows[-1]["epoch"]), sps=rows[-1].get("train_images_per_s"),
+                                    ret=rows[-1].get("val_accuracy"))
+            continue
         if accumulator is None:
             accumulator = EventAccumulator(str(folders[-1]), size_guidance={"images": 1})
         try:
@@ -381,13 +479,18 @@ def train_and_evaluate(run: Run, results_dir: str, cpus: float, gpus: float, boa
         for stale in run_folders(root):  # started but never checkpointed: nothing to resume
             if not (stale / run_folder.CHECKPOINT).is_file():
                 shutil.rmtree(stale)
+        trainer = ROOT / ("agents/ppo_camal.py" if run.data is None else "agents/camal_classifier.py")
         if step < run.final_step:
             if folder is not None:
-                cmd = [sys.executable, str(ROOT / "agents/ppo_camal.py"), "--resume", str(folder)]
-            else:
-                cmd = [sys.executable, str(ROOT / "agents/ppo_camal.py"), "--env", run.env, "--seed", str(run.seed),
+                cmd = [sys.executable, str(trainer), "--resume", str(folder)]
+            elif run.data is None:
+                cmd = [sys.executable, str(trainer), "--env", run.env, "--seed", str(run.seed),
                        "--total-timesteps", str(run.budget), "--runs-dir", str(root), *METHODS[run.method],
                        *device, *run.train_flags]
+            else:
+                cmd = [sys.executable, str(trainer), "--data", run.data, "--model", run.env, "--seed", str(run.seed),
+                       "--epochs", str(run.budget), "--runs-dir", str(root), *METHODS[run.method], *device,
+                       *run.train_flags]
             stop = threading.Event()
             reporter = threading.Thread(target=report_progress, args=(root, run, board, stop), daemon=True)
             reporter.start()
@@ -397,8 +500,16 @@ def train_and_evaluate(run: Run, results_dir: str, cpus: float, gpus: float, boa
                 stop.set()
             state, folder, step = run_state(root, run)
             if code != 0 or step < run.final_step:
-                raise RunFailed(f"training exited with code {code} at step {step} of {run.final_step}; "
+                raise RunFailed(f"training exited with code {code} at {run.unit[:-1]} {step} of {run.final_step}; "
                                 f"see {root / 'train.log'}")
+        if run.data is not None:
+            if not (folder / run_folder.CLASSIFIER_EVAL).is_file():
+                board.update.remote(run.name, state="evaluating")
+                cmd = [sys.executable, str(ROOT / "eval/classifier.py"), str(folder), *device, *run.eval_flags]
+                code = run_logged(cmd, root / "eval.log", root, env, lock.fileno())
+                if code != 0:
+                    raise RunFailed(f"evaluation exited with code {code}; see {root / 'eval.log'}")
+            return str(folder)
         if not (folder / EVAL_RESULT).is_file():
             board.update.remote(run.name, state="evaluating")
             cmd = [sys.executable, str(ROOT / "eval/attention.py"), str(folder), *device, *run.eval_flags]
@@ -446,8 +557,12 @@ def progress_view(study: Study, done: set, failed: dict, running: set, board: di
         line = f"  {run.name:<40} {info.get('state', 'waiting'):<10}"
         if step is not None:
             sps, ret = info.get("sps"), info.get("ret")
-            line += f" step {step:>8}/{run.final_step:<8} SPS {sps:>5.0f}"
-            line += f"  return {ret:8.2f}" if ret is not None else "  return      n/a"
+            if run.data is None:
+                line += f" step {step:>8}/{run.final_step:<8} SPS {sps:>5.0f}"
+                line += f"  return {ret:8.2f}" if ret is not None else "  return      n/a"
+            else:
+                line += f" epoch {step:>4}/{run.final_step:<4} images/s {sps:>6.0f}"
+                line += f"  val accuracy {ret:.3f}" if ret is not None and ret == ret else ""
         if info.get("attempt", 0) > 1:
             line += f"  (attempt {info['attempt']})"
         lines.append(line)
@@ -600,8 +715,14 @@ def main(args: Args) -> None:
         if args.dry_run:
             for run in study.runs:
                 state, _, step = run_state(results_dir / run.name, run)
-                print(f"{run.name:<40} {run.budget:>9} steps  {state} ({step} trained)")
+                print(f"{run.name:<40} {run.budget:>9} {run.unit}  {state} ({step} trained)")
             return
+        data = {run.data for run in study.runs} - {None}
+        for folder in data:  # a classifier study's data folder, before any run starts
+            try:
+                splits_of(folder)
+            except ValueError as error:
+                raise StudyError(f"{error} (generate the built-in one with vision/doom_objects.py --out {folder})") from None
         if args.address is not None:
             check_address(args.address)
         check_results_dir(results_dir)
