@@ -469,6 +469,8 @@ def train_and_evaluate(run: Run, results_dir: str, cpus: float, gpus: float, boa
     root.mkdir(parents=True, exist_ok=True)
     threads = str(max(1, int(cpus)))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+    if run.data is not None:  # idle OpenMP threads spin by default, stealing the cores of the runs beside
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     device = [] if gpus > 0 else ["--no-cuda"]
     with open(root / LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a previous attempt's trainer may still be writing its checkpoint
