@@ -1,11 +1,7 @@
 """eval/aggregate.py on synthetic runs written as real TensorBoard event files."""
 
 import json
-import os
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +11,7 @@ from rliable import metrics
 from scipy.stats import trim_mean, ttest_ind
 from torch.utils.tensorboard import SummaryWriter
 
+from conftest import exit_message, run_python
 from eval.aggregate import Args, main
 from eval.runs import final_return, load_runs
 from eval.stats import probability_of_improvement, welch_p_value, windowed_mean_returns
@@ -28,7 +25,6 @@ SEEDS = (1, 2, 3)
 NORMALISATION = {env: (RECORDS[env].r_random, RECORDS[env].r_max) for env in SCENARIOS}
 TOTAL_TIMESTEPS = 10_000
 REPS = 200
-REPO = Path(__file__).resolve().parents[1]
 SEED = 7
 
 
@@ -224,11 +220,7 @@ def test_table_printed(tmp_path, capsys):
 
 
 def run_main_expecting_exit(tmp_path, runs_dir):
-    with pytest.raises(SystemExit) as exit_info:
-        main(Args(runs_dir=str(runs_dir), out=str(tmp_path / "out"), reps=20))
-    message = str(exit_info.value.code)
-    assert exit_info.value.code not in (0, None)
-    return message
+    return exit_message(main, Args(runs_dir=str(runs_dir), out=str(tmp_path / "out"), reps=20))
 
 
 def test_error_no_runs(tmp_path):
@@ -270,20 +262,18 @@ def test_warning_on_different_seed_sets(tmp_path, capsys):
     assert "different seed sets (camal: 3, 4; vanilla: 1, 2)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_out_an_existing_file_is_one_line_error(tmp_path):
     """From the command line: one line on stderr, non-zero exit, nothing read or written."""
     steps, returns = synthetic_history("basic", "vanilla", 1)
     write_run(tmp_path / "runs", "basic", "vanilla", 1, steps, returns)
     (tmp_path / "taken").write_text("x")
     for out, expected in ((tmp_path / "taken", "is an existing file"), (tmp_path / "taken" / "sub", "cannot write")):
-        done = subprocess.run([sys.executable, "eval/aggregate.py", str(tmp_path / "runs"), "--out", str(out)],
-                              capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        done = run_python("eval/aggregate.py", tmp_path / "runs", "--out", out)
         assert done.returncode != 0
         assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ") and expected in done.stderr
     for bad in (["--reps", "0"], ["--final-fraction", "nan"], ["--curve-points", "-1"]):
-        done = subprocess.run([sys.executable, "eval/aggregate.py", str(tmp_path / "runs"), "--out",
-                               str(tmp_path / "new"), *bad], capture_output=True, text=True, cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        done = run_python("eval/aggregate.py", tmp_path / "runs", "--out", tmp_path / "new", *bad)
         assert done.returncode != 0 and done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ")
         assert not (tmp_path / "new").exists()
 
@@ -391,6 +381,7 @@ def test_record_round_trips_to_the_same_numbers(study, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(out / "aggregate.csv"), study["csv"])
 
 
+@pytest.mark.slow
 def test_record_refuses_bad_input_writing_nothing(study, tmp_path):
     run = next(str(p.parent) for p in study["root"].rglob("config.json"))
     (tmp_path / "file").write_text("x")
@@ -398,8 +389,7 @@ def test_record_refuses_bad_input_writing_nothing(study, tmp_path):
                            ([run, "--study", "s", "--results-dir", str(tmp_path / "file")], "cannot write into"),
                            ([str(tmp_path), "--study", "s"], "no config.json"),
                            ([run, run, "--study", "s"], "two runs named")):
-        done = subprocess.run([sys.executable, "eval/record.py", "--results-dir", str(tmp_path / "results"), *args],
-                              capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        done = run_python("eval/record.py", "--results-dir", tmp_path / "results", *args)
         assert done.returncode != 0 and done.stderr.startswith("error: ") and expected in done.stderr, done.stderr
         assert done.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
     record_main(RecordArgs(runs=[run], study="s", results_dir=str(tmp_path / "results")))
@@ -408,6 +398,7 @@ def test_record_refuses_bad_input_writing_nothing(study, tmp_path):
     record_main(RecordArgs(runs=[run], study="s", results_dir=str(tmp_path / "results"), overwrite=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, content, expected", [
     ("attention_eval.json", "{not json", "cannot read the per-run means"),
     ("shift_eval.json", '{"episodes": 10}', "cannot read the per-run means"),
@@ -417,8 +408,7 @@ def test_damaged_files_are_one_line_errors(tmp_path, name, content, expected):
     steps, returns = synthetic_history("basic", "vanilla", 1)
     run_dir = write_run(tmp_path / "runs", "basic", "vanilla", 1, steps, returns)
     (run_dir / name).write_text(content)
-    done = subprocess.run([sys.executable, "eval/aggregate.py", str(tmp_path / "runs"), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = run_python("eval/aggregate.py", tmp_path / "runs", "--out", tmp_path / "o")
     assert done.returncode != 0 and expected in done.stderr and str(run_dir) in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "Traceback" not in done.stderr
@@ -475,6 +465,7 @@ def test_steps_to_a_return_is_the_first_step_where_the_moving_mean_reaches_it():
     assert first_step_reaching(steps[:1], returns[:1], 0.0, window=2) is None  # fewer episodes than the window
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
     (["--methods", "camall"], "results/paper has no method 'camall'; its methods: camal, camal-random, entropy, rrr, vanilla"),
     (["--seeds", "9"], "results/paper has no seed 9; its seeds: 1, 2, 3, 4, 5"),
@@ -484,8 +475,7 @@ def test_steps_to_a_return_is_the_first_step_where_the_moving_mean_reaches_it():
 def test_a_selection_no_record_matches_is_refused_in_one_line_and_writes_nothing(tmp_path, flags, message):
     """The study runner and aggregate.py choose runs by one rule (eval/selection.py) and name what exists."""
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "eval/aggregate.py", "results/paper", "--out", str(out), *flags],
-                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    done = run_python("eval/aggregate.py", "results/paper", "--out", out, *flags)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
     assert not out.exists()

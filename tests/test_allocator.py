@@ -1,19 +1,19 @@
 """The trainer's process keeps the memory a minibatch frees for the next one (agents/allocator.py)."""
 
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_python
+
+pytestmark = pytest.mark.slow  # two Python processes that each run 20 minibatch updates
 
 # a fresh process per setting: mallopt's settings cannot be undone
 FAULTS_PER_UPDATE = """
 WARM_UP, MEASURED = 8, 12
 import resource, sys, torch
 from agents.allocator import keep_freed_memory
-from agents.ppo_camal import Agent
+from agents.network import Agent
 took = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.manual_seed(0)
 agent = Agent(3)
@@ -36,8 +36,8 @@ print(took, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / MEAS
 
 
 def faults_per_update(setting: str) -> tuple[str, float]:
-    done = subprocess.run([sys.executable, "-c", FAULTS_PER_UPDATE, setting], cwd=ROOT, check=True,
-                          capture_output=True, text=True)
+    done = run_python("-c", FAULTS_PER_UPDATE, setting)
+    assert done.returncode == 0, done.stderr[-2000:]
     took, faults = done.stdout.split()
     return took, float(faults)
 

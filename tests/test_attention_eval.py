@@ -3,8 +3,6 @@
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from agents.ppo_camal import Agent
+from agents.network import Agent
+from conftest import ROOT, refusal, run_python, train
 from eval.attention import GIF_MAX_FRAMES, GIF_SCALE, Args, main
 
-ROOT = Path(__file__).resolve().parents[1]
 MEAN_KEYS = {"relevance_mass", "relevance_mass_chance", "relevance_rank", "relevance_rank_chance",
              "pointing_game", "pointing_game_chance", "deletion_auc", "deletion_auc_random",
              "insertion_auc", "insertion_auc_random", "occlusion_drop", "occlusion_drop_random",
@@ -25,27 +23,11 @@ TOP_KEYS = {"run", "env", "method", "seed", "checkpoint_step", "frames_total", "
 DELETION_STEPS = 5  # few steps keep the test fast; the metric code is tested in test_metrics.py
 
 
-def run_quietly(command: list[str], log: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Output to files, not pipes: an orphaned engine would keep a pipe open forever."""
-    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
-        process = subprocess.run(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                 cwd=log.parent, timeout=timeout)
-    process.stdout = log.with_suffix(".out").read_text()
-    process.stderr = log.with_suffix(".err").read_text()
-    return process
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("train")
-    process = run_quietly(
-        [sys.executable, str(ROOT / "agents" / "ppo_camal.py"), "--env", "basic", "--total-timesteps", "1024",
-         "--num-envs", "2", "--num-steps", "512", "--num-minibatches", "2", "--update-epochs", "1",
-         "--no-cuda", "--runs-dir", str(work / "runs")],
-        work / "train.log")
-    assert process.returncode == 0, process.stderr[-2000:]
-    (folder,) = (work / "runs").iterdir()
-    return folder
+    return train(work / "runs", "--env", "basic", "--total-timesteps", "1024", "--num-envs", "2", "--num-steps", "512",
+                 "--num-minibatches", "2", "--update-epochs", "1", "--no-cuda", cwd=work)
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +35,14 @@ def rollout(run_dir, tmp_path_factory):
     """The CLI on the run: one episode, frames recorded. Returns (result, output folder, frames file)."""
     out = tmp_path_factory.mktemp("eval")
     frames_file = out / "frames.npz"
-    process = run_quietly(
-        [sys.executable, str(ROOT / "eval" / "attention.py"), str(run_dir), "--episodes", "1", "--seed", "3",
-         "--deletion-steps", str(DELETION_STEPS), "--record-frames", str(frames_file), "--out", str(out)],
-        out / "eval.log")
+    process = run_python(ROOT / "eval" / "attention.py", run_dir, "--episodes", "1", "--seed", "3",
+                         "--deletion-steps", DELETION_STEPS, "--record-frames", frames_file, "--out", out, cwd=out)
     assert process.returncode == 0, process.stderr[-2000:]
     assert "relevance_mass" in process.stdout  # the printed table
     return json.loads((out / "attention_eval.json").read_text()), out, frames_file
 
 
+@pytest.mark.slow
 def test_cli_writes_result_with_sane_values(rollout, run_dir):
     result, _, _ = rollout
     assert TOP_KEYS <= result.keys()
@@ -84,6 +65,7 @@ def test_cli_writes_result_with_sane_values(rollout, run_dir):
     assert len(result["mean_curves"]["fractions"]) == DELETION_STEPS + 1
 
 
+@pytest.mark.slow
 def test_cli_writes_pictures(rollout):
     result, out, _ = rollout
     for name in ("deletion_insertion.png", "attention_grid.png"):
@@ -94,6 +76,7 @@ def test_cli_writes_pictures(rollout):
         assert gif.size == (3 * 84 * GIF_SCALE, 84 * GIF_SCALE)
 
 
+@pytest.mark.slow
 def test_recorded_frames_reproduce_the_metrics(rollout, run_dir, tmp_path):
     result, _, frames_file = rollout
     with np.load(frames_file) as data:
@@ -113,14 +96,6 @@ def test_recorded_frames_reproduce_the_metrics(rollout, run_dir, tmp_path):
 # ---------------------------------------------------------------- errors
 
 
-def error_message(args: Args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    message = str(exit_info.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
-
-
 def rewritten_frames(frames_file: Path, target: Path, **changes) -> Path:
     """A copy of the recorded frames with some arrays replaced (None: removed)."""
     with np.load(frames_file) as data:
@@ -130,23 +105,25 @@ def rewritten_frames(frames_file: Path, target: Path, **changes) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_without_traceback(tmp_path):
-    process = run_quietly([sys.executable, str(ROOT / "eval" / "attention.py"), str(tmp_path / "nowhere")],
-                          tmp_path / "error.log", timeout=120)
+    process = run_python(ROOT / "eval" / "attention.py", tmp_path / "nowhere", cwd=tmp_path, timeout=120)
     assert process.returncode != 0
     assert process.stderr.strip().startswith("error: ") and len(process.stderr.strip().splitlines()) == 1
     assert "Traceback" not in process.stderr
 
 
 def test_error_for_a_folder_without_checkpoint(tmp_path):
-    assert "checkpoint.pt" in error_message(Args(run=str(tmp_path)))
+    assert "checkpoint.pt" in refusal(main, Args(run=str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_error_for_a_checkpoint_without_config(run_dir, tmp_path):
     shutil.copy(run_dir / "checkpoint.pt", tmp_path / "checkpoint.pt")
-    assert "config.json" in error_message(Args(run=str(tmp_path / "checkpoint.pt")))
+    assert "config.json" in refusal(main, Args(run=str(tmp_path / "checkpoint.pt")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, expected", [
     ({"env": np.array("defend_the_center")}, "defend_the_center"),
     ({"num_actions": np.array(7)}, "7 actions"),
@@ -157,26 +134,29 @@ def test_error_for_a_checkpoint_without_config(run_dir, tmp_path):
 def test_error_for_a_mismatched_frames_file(rollout, run_dir, tmp_path, change, expected):
     _, _, frames_file = rollout
     bad = rewritten_frames(frames_file, tmp_path / "bad.npz", **change)
-    assert expected in error_message(Args(run=str(run_dir), frames=str(bad), out=str(tmp_path)))
+    assert expected in refusal(main, Args(run=str(run_dir), frames=str(bad), out=str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_error_for_a_missing_frames_file(run_dir, tmp_path):
-    assert "no such file" in error_message(Args(run=str(run_dir), frames=str(tmp_path / "none.npz")))
+    assert "no such file" in refusal(main, Args(run=str(run_dir), frames=str(tmp_path / "none.npz")))
 
 
+@pytest.mark.slow
 def test_error_for_a_checkpoint_with_another_action_count(run_dir, tmp_path):
     shutil.copy(run_dir / "config.json", tmp_path / "config.json")
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     wrong = state["num_actions"] + 2
     torch.save({"model": Agent(wrong).state_dict(), "num_actions": wrong, "global_step": 0},
                tmp_path / "checkpoint.pt")
-    message = error_message(Args(run=str(tmp_path), episodes=1, out=str(tmp_path)))
+    message = refusal(main, Args(run=str(tmp_path), episodes=1, out=str(tmp_path)))
     assert f"{wrong} actions" in message
 
 
 # ---------------------------------------------------------------- frames without ground truth
 
 
+@pytest.mark.slow
 def test_empty_masks_are_counted_and_left_out(rollout, run_dir, tmp_path):
     result, _, frames_file = rollout
     with np.load(frames_file) as data:
@@ -195,6 +175,7 @@ def test_empty_masks_are_counted_and_left_out(rollout, run_dir, tmp_path):
     assert sorted(path.name for path in (tmp_path / "b").iterdir()) == ["attention_episode.gif", "attention_eval.json"]
 
 
+@pytest.mark.slow
 def test_all_zero_maps_are_counted_and_left_out_of_alignment(rollout, tmp_path):
     """A policy with a zero actor layer has constant logits, so every Grad-CAM map is all zero."""
     result, _, frames_file = rollout

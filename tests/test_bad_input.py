@@ -1,34 +1,22 @@
 """Every entry point answers bad input with one line and a non-zero exit, before it writes anything.
 
-The refusals happen before an engine starts, so these tests are fast. (eval/aggregate.py, experiments/
-and benchmarks/ test their own.)
+The refusals happen before an engine starts, so the in-process tests are fast; those of the command lines
+start a fresh Python each and are marked slow. (eval/aggregate.py, experiments/ and benchmarks/ test their own.)
 """
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from agents.ppo_camal import Args as TrainArgs
+from agents.ppo_args import Args as TrainArgs
 from agents.ppo_camal import main as train_main
+from conftest import ROOT, refusal, run_python, run_trainer
 from eval.attention import Args as EvalArgs
 from eval.attention import main as eval_main
 from envs.preview import Args as PreviewArgs
 from envs.preview import main as preview_main
 
-ROOT = Path(__file__).resolve().parents[1]
 UNWRITABLE = "/proc/camal-test"  # /proc takes no new folders, even for root (chmod does not stop root)
-
-
-def refusal(main, args) -> str:
-    """The one-line message ``main(args)`` exits with."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    text = str(exit_info.value.code)
-    assert text.startswith("error: ") and "\n" not in text, text
-    return text
 
 
 @pytest.fixture
@@ -69,9 +57,9 @@ def test_trainer_refuses_bad_arguments(overrides, message, tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["a_file"]  # no run folder, no runs/ folder
 
 
+@pytest.mark.slow
 def test_trainer_cli_exits_1_with_one_line(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "agents/ppo_camal.py"), "--seed", "-1"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    done = run_trainer("--seed", "-1", cwd=tmp_path, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == ["error: --seed must be in [0, 4294967295] (numpy's seed range), got -1"]
     assert not list(tmp_path.iterdir())
@@ -112,13 +100,14 @@ def test_mask_preview_refuses_bad_arguments(overrides, message, in_empty_folder)
     assert message in refusal(preview_main, PreviewArgs(**overrides))
 
 
+@pytest.mark.slow
 def test_mask_preview_cli_exits_1_with_one_line(in_empty_folder):
-    done = subprocess.run([sys.executable, str(ROOT / "envs/preview.py"), "--every", "0"], cwd=in_empty_folder,
-                          capture_output=True, text=True, timeout=120)
+    done = run_python(ROOT / "envs/preview.py", "--every", "0", cwd=in_empty_folder, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == ["error: --every must be >= 1, got 0"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, flags, message", [
     ("benchmarks/train_speed.py", ["--env", "nope"], "unknown scenario 'nope'"),
     ("benchmarks/train_speed.py", ["--repeats", "0"], "--repeats must be > 0"),
@@ -132,8 +121,7 @@ def test_mask_preview_cli_exits_1_with_one_line(in_empty_folder):
 ])
 def test_benchmarks_and_tools_exit_1_with_one_line(script, flags, message, tmp_path):
     """Refused before any engine starts or file is written: one line on stderr, exit status 1."""
-    done = subprocess.run([sys.executable, str(ROOT / script), *flags], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    done = run_python(ROOT / script, *flags, cwd=tmp_path, timeout=120)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import vizdoom
 
+from conftest import assert_one_line_listing
 from envs.doom import (FRAME_SIZE, SCENARIOS, STACK_SIZE, make_doom_env, make_env,
                        make_env_groups, make_vector_env)
 from masks.labels import KNOWN_OBJECTS, NEVER_TARGETS, resize_mask
@@ -56,6 +57,7 @@ def assert_observation_equal(actual: dict, expected: dict, where: str) -> None:
     np.testing.assert_array_equal(actual["mask"], expected["mask"], err_msg=f"mask, {where}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("asynchronous", [True, False], ids=["async", "sync"])
 def test_vector_env_matches_a_raw_engine_replay_frame_by_frame(asynchronous):
     scenario, num_envs, steps = "basic", 4, 250
@@ -106,6 +108,7 @@ def row(observations: dict, index: int) -> dict:
     return {key: value[index] for key, value in observations.items()}
 
 
+@pytest.mark.slow
 def test_observation_space_and_dtypes():
     env = make_env("basic")
     try:
@@ -119,6 +122,7 @@ def test_observation_space_and_dtypes():
         env.close()
 
 
+@pytest.mark.slow
 def test_terminal_observation_is_zeros_with_an_empty_mask():
     """basic standing still ends at the engine's timeout: the last frame and its mask are empty."""
     env = make_env("basic", reward_transform="none")
@@ -144,6 +148,7 @@ def test_terminal_observation_is_zeros_with_an_empty_mask():
         raw.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", ["take_cover", "defend_the_line"])
 def test_scenarios_without_engine_timeout_are_capped(scenario):
     """In god mode the player cannot die, so only the cap ends the episode."""
@@ -180,6 +185,7 @@ def episode_rewards(reward_transform: str) -> tuple[list[float], float]:
         env.close()
 
 
+@pytest.mark.slow
 def test_reward_transforms_keep_the_true_return_in_episode_statistics():
     true_rewards, true_return = episode_rewards("none")
     assert true_return == pytest.approx(sum(true_rewards))
@@ -194,6 +200,7 @@ def test_reward_transforms_keep_the_true_return_in_episode_statistics():
     assert clipped_return == pytest.approx(true_return)
 
 
+@pytest.mark.slow
 def test_health_gain_bonus_rewards_each_pickup_in_learning_and_never_in_the_true_return():
     """health_gathering: +50 (before the scale) on each step health rises; info["episode"] stays true."""
     bonus = SCENARIOS["health_gathering"].health_gain_bonus
@@ -217,12 +224,6 @@ def test_health_gain_bonus_rewards_each_pickup_in_learning_and_never_in_the_true
     assert pickups >= 1, "the seeded episode should take at least one medikit"
     assert learning_return == pytest.approx(info["episode"]["r"] + pickups * bonus)
     assert all(not SCENARIOS[name].health_gain_bonus for name in ("basic", "defend_the_center", "defend_the_line"))
-
-
-def assert_one_line_listing(message: str, valid_names) -> None:
-    assert "\n" not in message
-    for name in valid_names:
-        assert name in message, f"{name!r} missing from the error message: {message}"
 
 
 PLAYABLE = [name for name in SCENARIOS if name != "deathmatch"]
@@ -260,6 +261,7 @@ def test_unknown_reward_transform_is_refused():
         make_env("basic", reward_transform="normalise")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("groups", [1, 2, 3])
 def test_env_groups_step_exactly_like_one_vector_env(groups):
     """Stepping N envs group by group (the trainer's pipelined acting) changes nothing they return."""

@@ -6,7 +6,7 @@ import torch
 
 from agents.attention import (camal_loss, camal_loss_low_res, grad_cam, linear_head_grad_cam, peak_samples,
                               project_masks, upsampling_matrix)
-from agents.ppo_camal import Agent
+from agents.network import Agent
 
 
 def agent_and_batch(num_actions: int, seed: int, batch: int = 12):

@@ -7,6 +7,7 @@ The expected mask is recomputed here from ``state.labels`` one object at a time,
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_listing
 from envs.doom import make_doom_env
 from scenarios import SCENARIOS
 from masks.labels import (KNOWN_OBJECTS, NEVER_TARGETS, label_mask, parse_targets,
@@ -48,6 +49,7 @@ def random_play_states(scenario: str, steps: int, seed: int = 0) -> list:
     return states
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "scenario, targets",
     [
@@ -79,12 +81,14 @@ def test_mask_is_the_union_of_target_objects(scenario, targets):
     assert frames_with_target > 0, f"no target seen in {scenario}: the test checked only empty masks"
 
 
+@pytest.mark.slow
 def test_basic_masks_are_nearly_never_empty():
     states = random_play_states("basic", steps=300, seed=1)
     non_empty = [label_mask(s.labels_buffer, s.labels, SCENARIOS["basic"].targets).any() for s in states]
     assert np.mean(non_empty) >= 0.95
 
 
+@pytest.mark.slow
 def test_health_gathering_mask_follows_medikits_in_view():
     states = random_play_states("health_gathering", steps=300, seed=2)
     with_medikit, without_medikit = [], []
@@ -114,6 +118,7 @@ def test_resize_keeps_a_small_object():
     assert resize_mask(mask, (84, 84)).any()
 
 
+@pytest.mark.slow
 def test_label_mask_accepts_a_buffer_with_a_channel_axis():
     states = random_play_states("basic", steps=3)
     state = states[-1]
@@ -126,12 +131,6 @@ def test_targets_for_defaults_and_override():
     assert targets_for("basic") == ("Cacodemon",)
     assert targets_for("basic", "Monster, GreenArmor") == ("Monster", "GreenArmor")
     assert targets_for("basic", ["Medikit"]) == ("Medikit",)
-
-
-def assert_one_line_listing(message: str, valid_names) -> None:
-    assert "\n" not in message
-    for name in valid_names:
-        assert name in message, f"{name!r} missing from the error message: {message}"
 
 
 @pytest.mark.parametrize("spec", ["Nope", "Cacodemon,Nope", ["Cacodemon", "Nope"]])
@@ -159,7 +158,7 @@ def test_unknown_scenario_in_targets_for_names_the_valid_ones():
     assert_one_line_listing(str(error.value), [s for s in SCENARIOS if s != "deathmatch"])
 
 
-
+@pytest.mark.slow
 def test_preview_writes_a_png(tmp_path):
     from envs.preview import Args, main
 

@@ -1,17 +1,15 @@
 """eval/report.py: the README's results block is regenerated from run records alone, with verdicts."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROOT, run_python
 from eval import stats, tables
 from eval.runs import load_runs
 
-ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [1, 2, 3, 4, 5]
 
 
@@ -41,10 +39,11 @@ def fake_study(root: Path) -> Path:
 
 
 def run_report(*flags, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "eval" / "report.py"), *flags], capture_output=True,
-                          text=True, cwd=cwd, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return run_python(ROOT / "eval" / "report.py", *flags, cwd=cwd,
+                      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
+@pytest.mark.slow
 def test_report_writes_the_readme_block_and_check_catches_an_edit(tmp_path):
     results = fake_study(tmp_path)
     readme = tmp_path / "README.md"
@@ -97,6 +96,7 @@ def test_an_unsettled_claim_says_when_the_observed_difference_is_the_opposite_of
     assert center.startswith("not settled, leaning reversed (p=")
 
 
+@pytest.mark.slow
 def test_a_readme_without_markers_is_refused_before_any_work(tmp_path):
     fake_study(tmp_path)
     (tmp_path / "README.md").write_text("# no markers\n")
@@ -117,6 +117,7 @@ def test_permutation_test_and_power():
     assert stats.seeds_for_power(x, y, 0.01) > 26 and stats.seeds_for_power(y, y, 0.05) is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "results" / "paper").is_dir(), reason="no records of the paper study yet")
 def test_the_committed_results_pages_are_the_reports_output():
     """docs/results.md (the results block) and README.md (its headline), whichever of them hold markers."""
@@ -127,6 +128,7 @@ def test_the_committed_results_pages_are_the_reports_output():
     assert checked.returncode == 0, checked.stderr
 
 
+@pytest.mark.slow
 def test_one_report_fills_the_results_block_and_the_headline_of_several_files(tmp_path):
     results = fake_study(tmp_path)
     begin, end = tables.markers("results/fake")
@@ -169,6 +171,7 @@ def test_one_report_fills_the_results_block_and_the_headline_of_several_files(tm
     assert checked.returncode == 1 and "results block of README.md is not the output" in checked.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text, expected", [
     ("# no markers\n", "needs one line '<!-- report:results/fake:begin -->'"),
     ("<!-- report:results/fake:headline:begin -->\nno end\n", "around the headline"),

@@ -11,31 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.ppo_camal import Args, main, resume_args
+from agents.ppo_args import Args, resume_args
+from agents.ppo_camal import main
+from conftest import TRAINER, all_scalars, run_trainer, train
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test reads the runs of one module fixture: three tiny trainings
+
 BATCH = 64  # num_envs x num_steps below
 UPDATES = 5
 TINY = ["--env", "basic", "--num-envs", "2", "--num-steps", "32", "--num-minibatches", "2", "--update-epochs", "1",
         "--image-every", "0", "--no-cuda", "--save-every", "1", "--total-timesteps", str(UPDATES * BATCH)]
 EPISODE_TAGS = ("charts/episodic_return", "charts/episodic_length")
 TIMING_TAGS = ("charts/SPS",)  # the only scalar that differs between two runs of the same seed
-
-
-def trainer(*flags: str) -> list[str]:
-    return [sys.executable, str(ROOT / "agents/ppo_camal.py"), *flags]
-
-
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-
-
-def events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
 def checkpoint_of(run_dir: Path) -> dict:
@@ -46,12 +34,10 @@ def checkpoint_of(run_dir: Path) -> dict:
 def runs(tmp_path_factory):
     """An uninterrupted run, and the same run stopped by SIGTERM after a checkpoint and then resumed."""
     work = tmp_path_factory.mktemp("resume")
-    whole = run(trainer(*TINY, "--runs-dir", "whole"), work)
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    (whole_dir,) = (work / "whole").iterdir()
+    whole_dir = train(work / "whole", *TINY, cwd=work, timeout=600)
 
-    process = subprocess.Popen(trainer(*TINY, "--runs-dir", "cut"), cwd=work, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, str(TRAINER), *TINY, "--runs-dir", "cut"], cwd=work,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
         while not list((work / "cut").glob("*/checkpoint.pt")) and time.time() < deadline:
@@ -62,8 +48,8 @@ def runs(tmp_path_factory):
         process.kill()
     (cut_dir,) = (work / "cut").iterdir()
     stopped = checkpoint_of(cut_dir)
-    stopped_events = events(cut_dir)
-    resumed = run(trainer("--resume", str(cut_dir)), work)
+    stopped_events = all_scalars(cut_dir)
+    resumed = run_trainer("--resume", str(cut_dir), cwd=work, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     return {"work": work, "whole": whole_dir, "cut": cut_dir, "returncode": process.returncode,
             "stderr": stopped_stderr, "stopped": stopped, "stopped_events": stopped_events}
@@ -84,7 +70,7 @@ def test_the_stopped_run_logged_every_update_up_to_its_checkpoint(runs):
 
 
 def test_resumed_curves_equal_the_uninterrupted_run_up_to_the_checkpoint(runs):
-    whole, cut = events(runs["whole"]), events(runs["cut"])
+    whole, cut = all_scalars(runs["whole"]), all_scalars(runs["cut"])
     checkpoint_step = runs["stopped"]["global_step"]
     assert set(whole) == set(cut)
     for tag in whole:
@@ -106,7 +92,7 @@ def test_resumed_curves_equal_the_uninterrupted_run_up_to_the_checkpoint(runs):
 def test_resuming_a_finished_run_changes_nothing(runs):
     folder = runs["whole"]
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
-    done = run(trainer("--resume", str(folder)), runs["work"])
+    done = run_trainer("--resume", str(folder), cwd=runs["work"], timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "finished" in done.stdout
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
@@ -114,12 +100,13 @@ def test_resuming_a_finished_run_changes_nothing(runs):
 
 def test_resume_with_more_timesteps_trains_longer(runs, tmp_path):
     folder = Path(shutil.copytree(runs["whole"], tmp_path / runs["whole"].name))
-    longer = run(trainer("--resume", str(folder), "--total-timesteps", str((UPDATES + 2) * BATCH)), runs["work"])
+    longer = run_trainer("--resume", str(folder), "--total-timesteps", str((UPDATES + 2) * BATCH), cwd=runs["work"],
+                         timeout=600)
     assert longer.returncode == 0, longer.stderr[-2000:]
     assert "learning rate" in longer.stderr  # the annealing schedule changed, and the user is told
     assert json.loads((folder / "config.json").read_text())["total_timesteps"] == (UPDATES + 2) * BATCH
     assert checkpoint_of(folder)["iteration"] == UPDATES + 2
-    scalars = events(folder)
+    scalars = all_scalars(folder)
     assert [s for s, _ in scalars["losses/policy_loss"]] == list(range(BATCH, (UPDATES + 2) * BATCH + 1, BATCH))
     learning_rates = dict(scalars["charts/learning_rate"])
     assert learning_rates[(UPDATES + 1) * BATCH] == pytest.approx(2.5e-4 * (1 - UPDATES / (UPDATES + 2)))
@@ -133,7 +120,7 @@ def test_resume_with_more_timesteps_trains_longer(runs, tmp_path):
 def test_resume_refuses_flags_that_would_change_the_run(runs, flags, message):
     folder = runs["whole"]
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
-    refused = run(trainer("--resume", str(folder), *flags), runs["work"])
+    refused = run_trainer("--resume", str(folder), *flags, cwd=runs["work"], timeout=600)
     assert refused.returncode == 1
     assert message in refused.stderr and refused.stderr.strip().count("\n") == 0, refused.stderr
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before

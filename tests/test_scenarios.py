@@ -3,15 +3,14 @@
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import vizdoom as vzd
 
-from agents.ppo_camal import Args as TrainArgs
+from agents.ppo_args import Args as TrainArgs
 from agents.ppo_camal import main as train
+from conftest import exit_message, run_trainer
 from envs import make_env
 from eval.aggregate import Args as AggregateArgs
 from eval.aggregate import main as aggregate
@@ -26,7 +25,6 @@ from envs.preview import Args as PreviewArgs
 from envs.preview import main as preview
 from scenarios import SCENARIOS, check_scenario, wad_path
 
-ROOT = Path(__file__).resolve().parents[1]
 STOCK_WAD = os.path.join(vzd.scenarios_path, "basic.wad")
 MOVE_LEFT = 0  # basic's buttons: MOVE_LEFT, MOVE_RIGHT, ATTACK
 
@@ -41,13 +39,6 @@ def custom_basic(folder: Path, wad: str = STOCK_WAD) -> Path:
     return cfg
 
 
-def exit_message(function, args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        function(args)
-    assert exit_info.value.code not in (0, None)
-    return str(exit_info.value.code)
-
-
 @pytest.mark.parametrize("name", [name for name in SCENARIOS if name != "deathmatch"])
 def test_every_playable_stock_record_is_complete(name):
     record = SCENARIOS[name]
@@ -57,6 +48,7 @@ def test_every_playable_stock_record_is_complete(name):
     assert record.r_random_source and record.r_max_source
 
 
+@pytest.mark.slow
 def test_a_custom_cfg_runs_its_own_rewards_on_the_stock_wad(tmp_path):
     cfg = custom_basic(tmp_path)
     env = make_env(str(cfg), targets="Cacodemon", reward_transform="none")
@@ -74,12 +66,11 @@ def test_a_wad_missing_next_to_the_cfg_is_taken_from_vizdooms_folder(tmp_path):
         check_scenario(str(custom_basic(tmp_path, wad="no_such.wad")))
 
 
+@pytest.mark.slow
 def test_without_targets_the_error_lists_the_objects_seen(tmp_path):
     cfg = custom_basic(tmp_path)
     runs = tmp_path / "runs"
-    done = subprocess.run([sys.executable, str(ROOT / "agents" / "ppo_camal.py"), "--env", str(cfg),
-                           "--reward-scale", "0.01", "--runs-dir", str(runs)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = run_trainer("--env", str(cfg), "--reward-scale", "0.01", "--runs-dir", str(runs), cwd=tmp_path, timeout=120)
     message = done.stderr.strip()
     assert done.returncode != 0 and "\n" not in message and "Traceback" not in message
     assert "--targets" in message and "Cacodemon (Monster)" in message
@@ -94,6 +85,7 @@ def test_a_custom_scenario_needs_an_explicit_reward_transform(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_custom_scenario_trains_previews_evaluates_and_aggregates(tmp_path):
     cfg = custom_basic(tmp_path)
     run_dir = train(TrainArgs(env=str(cfg), targets="Cacodemon", reward_scale=0.01, total_timesteps=2048,
@@ -123,6 +115,7 @@ def test_a_custom_scenario_trains_previews_evaluates_and_aggregates(tmp_path):
     assert (tmp_path / "out" / "aggregate.csv").exists() and (tmp_path / "out" / "interval_estimates.png").exists()
 
 
+@pytest.mark.slow
 def test_random_baseline_reproduces_basics_r_random(tmp_path):
     """The record's R_random (-162.6 +- 4.2 over 2000 episodes) within 2 combined standard errors."""
     entry = random_baseline(BaselineArgs(env="basic", episodes=400, out=str(tmp_path / "n.json")))

@@ -1,19 +1,18 @@
 """eval/shift.py with the real engine: only background pixels change; the CLI writes its result."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from agents.ppo_camal import Agent
+from agents.network import Agent
+from conftest import ROOT, run_python
 from envs import make_env
 from envs.doom import make_doom_env
 from eval.shift import RESULT_FILE, Args, BackgroundShift, background, main
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # engines, and the command line in a fresh Python
 
 
 def test_only_background_pixels_change_frame_by_frame():
@@ -88,6 +87,5 @@ def test_cli_writes_ratio_and_agreement(tmp_path):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "eval" / "shift.py"), str(tmp_path / "missing")],
-                          capture_output=True, text=True, cwd=tmp_path)
+    done = run_python(ROOT / "eval" / "shift.py", tmp_path / "missing", cwd=tmp_path)
     assert done.returncode != 0 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, event_file_steps, run_python, scalars
+
 STUDY_SCRIPT = ROOT / "experiments" / "study.py"
 BATCH = 2 * 64
 BUDGET = 16 * BATCH
@@ -79,15 +78,8 @@ def checkpoint_step(run_root: Path) -> int:
         return 0
 
 
-def scalar_steps(event_file: Path, tag: str) -> list[int]:
-    """Steps of a tag in one event file, as written (TensorBoard's purge not applied)."""
-    return [event.step for event in EventFileLoader(str(event_file)).Load()
-            if event.HasField("summary") and any(v.tag == tag for v in event.summary.value)]
-
-
 def run_study(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(STUDY_SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return run_python(STUDY_SCRIPT, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +92,7 @@ def two_node_cluster():
     cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_checkpoint_and_rerun_trains_nothing(two_node_cluster, tmp_path):
     study_file = tmp_path / "tiny.toml"
     study_file.write_text(TINY_STUDY)
@@ -139,7 +132,7 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_trains_nothing(two_node
     folder = next(victim.glob("*/config.json")).parent
     event_files = sorted(folder.glob("events.out.tfevents.*"), key=lambda p: int(p.name.split(".")[3]))
     assert len(event_files) >= 2, "the killed run was not resumed (one tensorboard file)"
-    per_file = [scalar_steps(f, "losses/value_loss") for f in event_files]
+    per_file = [event_file_steps(f, "losses/value_loss") for f in event_files]
     for before, after in zip(per_file, per_file[1:]):
         assert after[0] - BATCH in before, "a resumed attempt did not continue after a checkpointed update"
         assert after[0] > step_at_kill
@@ -148,8 +141,7 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_trains_nothing(two_node
         assert after[0] in (before[-1], before[-1] + BATCH), "a resumed attempt skipped or repeated updates"
     kept = [step for steps, nxt in zip(per_file, per_file[1:] + [[BUDGET + 1]]) for step in steps if step < nxt[0]]
     assert kept == list(range(BATCH, BUDGET + 1, BATCH)), "steps restarted, duplicated or missing"
-    view = EventAccumulator(str(folder)).Reload()
-    shown = [s.step for s in view.Scalars("losses/value_loss")]
+    shown = [step for step, _ in scalars(folder, "losses/value_loss")]
     assert len(shown) == len(set(shown)) and shown == sorted(shown) and shown[-1] == BUDGET
     assert shown == list(range(BATCH, BUDGET + 1, BATCH)), "the resumed run's tensorboard view lost or repeated a step"
 
@@ -238,6 +230,7 @@ def test_bad_study_file_is_refused_in_one_line(case, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_unreachable_address_and_unwritable_results_dir_are_refused(tmp_path):
     quick = str(ROOT / "experiments" / "quick.toml")
     cases = [
@@ -253,6 +246,7 @@ def test_unreachable_address_and_unwritable_results_dir_are_refused(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_training_alone_does_not_import_ray():
     code = "import sys, agents.ppo_camal; sys.exit('ray' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    assert run_python("-c", code).returncode == 0

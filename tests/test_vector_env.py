@@ -12,16 +12,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from envs import make_vector_env
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+pytestmark = [pytest.mark.slow,  # engines in worker processes
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")]
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPPING_FOREVER = """
 import numpy as np
 from envs import make_vector_env

@@ -249,6 +249,7 @@ def test_torchvision_weight_names_resolve_to_the_enum_without_a_download():
         assert weights.url.endswith(".pth") and len(weights.meta["categories"]) == 1000
 
 
+@pytest.mark.slow
 def test_the_compat_shim_makes_torchvision_import_in_a_fresh_process_and_is_idempotent():
     program = (
         "import torch\n"

@@ -2,18 +2,16 @@
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.attention import camal_loss, grad_cam, normalise_maps, relevance_mass
-from agents.ppo_camal import DEFAULT_ATTENTION_COEF, Agent, Args, create_run_dir, set_runtime_fields
+from agents.methods import DEFAULT_ATTENTION_COEF
+from agents.network import Agent
+from agents.ppo_args import Args, create_run_dir, set_runtime_fields
+from conftest import run_trainer, scalars, train
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--num-envs", "2", "--num-steps", "64", "--num-minibatches", "2", "--update-epochs", "1", "--image-every", "1"]
 
 
@@ -62,6 +60,7 @@ def test_grad_cam_equals_hook_computation():
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # 30 second-order steps: ~10 s of CPU
 def test_camal_loss_alone_raises_attention_on_mask():
     torch.manual_seed(0)
     agent = Agent(num_actions=3)
@@ -105,26 +104,11 @@ def test_empty_mask_and_zero_map_give_finite_loss_and_gradients():
     assert normalise_maps(zero_maps).abs().max() == 0
 
 
-def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
-
-
-def train(tmp_path: Path, *extra: str) -> Path:
-    runs = tmp_path / "runs"
-    before = set(runs.glob("*")) if runs.exists() else set()
-    cmd = [sys.executable, str(ROOT / "agents/ppo_camal.py"), "--runs-dir", str(runs), *TINY, *extra]
-    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    (run_dir,) = set(runs.glob("*")) - before
-    return run_dir
-
-
+@pytest.mark.slow
 def test_attn_loss_none_and_zero_coef_are_identical(tmp_path):
-    common = ["--env", "basic", "--seed", "3", "--total-timesteps", "256", "--no-cuda"]
-    vanilla = train(tmp_path, *common, "--attn-loss", "none")
-    zero = train(tmp_path, *common, "--attn-loss", "camal", "--camal-coef", "0")
+    common = [*TINY, "--env", "basic", "--seed", "3", "--total-timesteps", "256", "--no-cuda"]
+    vanilla = train(tmp_path / "runs", *common, "--attn-loss", "none")
+    zero = train(tmp_path / "runs", *common, "--attn-loss", "camal", "--camal-coef", "0")
     for tag in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl"):
         assert scalars(vanilla, tag) == scalars(zero, tag), tag
     model_a = torch.load(vanilla / "checkpoint.pt", weights_only=False)["model"]
@@ -133,14 +117,11 @@ def test_attn_loss_none_and_zero_coef_are_identical(tmp_path):
     assert scalars(zero, "losses/camal_loss")  # the loss was computed, only weighted by 0
 
 
-def run_trainer(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "agents/ppo_camal.py"), "--runs-dir", str(tmp_path / "runs"), "--no-cuda", *flags]
-    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
-
-
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_one_line_naming_update_and_term(tmp_path):
     """A learning rate of 1e30 is finite, but its first step blows the weights up."""
-    done = run_trainer(tmp_path, "--env", "basic", "--total-timesteps", "128", "--learning-rate", "1e30", *TINY)
+    done = run_trainer("--runs-dir", str(tmp_path / "runs"), "--no-cuda", "--env", "basic", "--total-timesteps", "128",
+                       "--learning-rate", "1e30", *TINY)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: update 1: non-finite policy_loss = nan"), last
@@ -149,11 +130,13 @@ def test_non_finite_loss_stops_with_one_line_naming_update_and_term(tmp_path):
     assert not (run_dir / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_stays_the_last_finite_one(tmp_path):
     """One minibatch per update: update 1 ends with finite (huge) weights and saves them; update 2 cannot act."""
-    flags = ["--env", "basic", "--total-timesteps", "256", "--learning-rate", "1e30", "--save-every", "1",
-             "--num-envs", "2", "--num-steps", "64", "--num-minibatches", "1", "--update-epochs", "1"]
-    done = run_trainer(tmp_path, *flags)
+    flags = ["--runs-dir", str(tmp_path / "runs"), "--no-cuda", "--env", "basic", "--total-timesteps", "256",
+             "--learning-rate", "1e30", "--save-every", "1", "--num-envs", "2", "--num-steps", "64",
+             "--num-minibatches", "1", "--update-epochs", "1"]
+    done = run_trainer(*flags)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: update 2: non-finite policy logits"), last
@@ -164,8 +147,10 @@ def test_checkpoint_stays_the_last_finite_one(tmp_path):
     assert all(torch.isfinite(weights).all() for weights in checkpoint["model"].values())
 
 
+@pytest.mark.slow
 def test_warns_of_a_partial_batch_and_of_targets_never_seen(tmp_path):
-    done = run_trainer(tmp_path, "--env", "basic", "--targets", "Medikit", "--total-timesteps", "200", *TINY)
+    done = run_trainer("--runs-dir", str(tmp_path / "runs"), "--no-cuda", "--env", "basic", "--targets", "Medikit",
+                       "--total-timesteps", "200", *TINY)
     assert done.returncode == 0, done.stderr[-2000:]
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
     assert any("--total-timesteps 200 is not a multiple of the batch" in w and "128 steps will run" in w
@@ -180,6 +165,7 @@ def test_two_launches_in_the_same_second_get_two_run_folders(tmp_path):
     assert (first / "config.json").is_file() and (second / "config.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, method, loss_tag", [
     (["--attn-loss", "rrr"], "rrr", "losses/rrr_loss"),
     (["--attn-loss", "camal", "--mask-source", "shuffled"], "camal-shuffled", "losses/camal_loss"),
@@ -187,7 +173,7 @@ def test_two_launches_in_the_same_second_get_two_run_folders(tmp_path):
     (["--attn-loss", "entropy"], "entropy", "losses/entropy_loss"),
 ])
 def test_control_runs_are_labelled_for_aggregation(tmp_path, flags, method, loss_tag):
-    run_dir = train(tmp_path, "--env", "basic", "--total-timesteps", "128", "--no-cuda", *flags)
+    run_dir = train(tmp_path / "runs", *TINY, "--env", "basic", "--total-timesteps", "128", "--no-cuda", *flags)
     assert json.loads((run_dir / "config.json").read_text())["method"] == method
     assert run_dir.name.startswith(f"basic__{method}__1__")
     values = [value for _, value in scalars(run_dir, loss_tag)]
@@ -226,23 +212,26 @@ def test_bf16_keeps_the_outputs_fp32_and_close_to_the_fp32_network():
     assert relative_error < 0.1, relative_error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attn_loss", ["camal", "rrr"])
 def test_bf16_run_trains_with_finite_losses(tmp_path, attn_loss):
-    run_dir = train(tmp_path, "--env", "basic", "--total-timesteps", "256", "--no-cuda", "--bf16", "--attn-loss", attn_loss)
+    run_dir = train(tmp_path / "runs", *TINY, "--env", "basic", "--total-timesteps", "256", "--no-cuda", "--bf16",
+                    "--attn-loss", attn_loss)
     assert json.loads((run_dir / "config.json").read_text())["bf16"] is True
     for tag in ("losses/policy_loss", "losses/value_loss", f"losses/{attn_loss}_loss"):
         values = [value for _, value in scalars(run_dir, tag)]
         assert values and all(math.isfinite(v) for v in values), tag
 
 
+@pytest.mark.slow
 def test_env_groups_and_acting_threads_change_nothing_learned(tmp_path):
     """Acting on the envs in two groups with one thread (the default) trains exactly what acting on all
     envs at once with torch's default threads (the trainer before --env-groups) trains: same seed, same
     episodes and, within float tolerance (other batch sizes and threads sum in another order), losses."""
-    common = ["--env", "basic", "--seed", "5", "--total-timesteps", "512", "--no-cuda", "--attn-loss", "none",
+    common = [*TINY, "--env", "basic", "--seed", "5", "--total-timesteps", "512", "--no-cuda", "--attn-loss", "none",
               "--num-envs", "4", "--num-steps", "64", "--num-minibatches", "2", "--update-epochs", "1"]
-    together = train(tmp_path, *common, "--env-groups", "1", "--acting-threads", "None")
-    grouped = train(tmp_path, *common, "--env-groups", "2", "--acting-threads", "1")
+    together = train(tmp_path / "runs", *common, "--env-groups", "1", "--acting-threads", "None")
+    grouped = train(tmp_path / "runs", *common, "--env-groups", "2", "--acting-threads", "1")
     assert scalars(together, "charts/episodic_return"), "the runs should finish episodes"
     for tag in ("charts/episodic_return", "losses/policy_loss", "losses/value_loss", "losses/entropy"):
         (steps_a, values_a), (steps_b, values_b) = zip(*scalars(together, tag)), zip(*scalars(grouped, tag))
