@@ -129,6 +129,13 @@ def test_the_committed_results_pages_are_the_reports_output():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("study", ["basic_eval50"])
+def test_the_committed_sections_of_other_studies_are_the_reports_output(study):
+    checked = run_report(f"results/{study}", "--check", "docs/results.md", cwd=ROOT)
+    assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.slow
 def test_one_report_fills_the_results_block_and_the_headline_of_several_files(tmp_path):
     results = fake_study(tmp_path)
     begin, end = tables.markers("results/fake")
