@@ -31,6 +31,15 @@ left out; methods run on different seed sets are warned about.
 - Significance: Welch's t-test (two-sided, unequal variances) over seeds of ``--reference`` against
   every other method, per scenario, for the final return and every evaluation metric; p-value and n.
 
+Classifier runs (agents/camal_classifier.py and their records: eval/runs.py) are aggregated with the
+architecture in the scenario's role: every metric of classifier_eval.json (``SPLIT_metric``, e.g.
+``test_balanced_relevance_mass``) as IQM [95% CI] over seeds per architecture and IQM, mean, median with
+stratified CIs over architectures x seeds; Welch's and the paired t-test over seeds (same seed: same
+initialisation and data order) of ``--reference`` against every other method per architecture, and the
+stratified permutation test across architectures. They have no returns: no scores, curves or probability of
+improvement. Figures: ``metrics_SPLIT.png``, ``p_values.png`` (Welch) and ``paired_p_values.png``. A folder
+mixing RL and classifier runs is refused.
+
 Outputs in --out: ``interval_estimates.png``, ``sample_efficiency.png``,
 ``probability_of_improvement.png``, ``attention.png`` and ``evidence.png`` (occlusion, shift; when
 there are evaluations), ``p_values.png`` and ``aggregate.csv``, every number in long format; tables are
@@ -52,7 +61,7 @@ import pandas as pd
 import tyro
 
 from eval import estimates, plots, selection
-from eval.runs import InputError, check_output_folder, load_runs, ordered_methods
+from eval.runs import CLASSIFIER, InputError, check_output_folder, load_runs, ordered_methods
 from eval.runs import SkippedRun, find_run_dirs, load_run  # noqa: F401  (eval/reach.py imports them from here)
 
 
@@ -117,6 +126,36 @@ def print_p_values(rows: list[dict], reference: str) -> None:
     print(pivot.reindex(columns=table.method.unique()).to_string())
 
 
+def print_classifier_tables(rows: list[dict], architectures: list[str]) -> None:
+    """Per architecture, then across architectures: each metric's IQM [95% CI] per method."""
+    table = pd.DataFrame([r for r in rows if r["metric"] == "IQM"])
+    table["cell"] = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in zip(table.point, table.ci_low, table.ci_high)]
+    table["scenario"] = table.scenario.fillna(ALL_ARCHITECTURES)
+    for where in [*architectures, ALL_ARCHITECTURES]:
+        part = table[table.scenario == where]
+        title = "over architectures x seeds" if where == ALL_ARCHITECTURES else f"on {where}, over seeds"
+        print(f"\nIQM [95% CI] {title}:")
+        pivot = part.pivot(index="quantity", columns="method", values="cell")
+        print(pivot.reindex(index=part.quantity.unique(), columns=part.method.unique()).to_string())
+
+
+def print_classifier_tests(rows: list[dict], reference: str) -> None:
+    table = pd.DataFrame(rows)
+    table["cell"] = [f"{'n/a' if np.isnan(p) else f'{p:.3g}'} ({n})" for p, n in zip(table.point, table.n)]
+    table["scenario"] = table.scenario.fillna(ALL_ARCHITECTURES) if "scenario" in table else ALL_ARCHITECTURES
+    for kind, test in (("welch", "Welch's t-test over seeds (n seeds a side)"),
+                       ("paired", "paired t-test over seeds (n pairs: same seed)"),
+                       ("permutation", "stratified permutation test across architectures (n runs a side)")):
+        part = table[table.metric == f"{kind}_p_{reference}_vs"]
+        if len(part):
+            print(f"\n{test}, {reference} vs each method: two-sided p-value:")
+            pivot = part.pivot(index=["quantity", "scenario"], columns="method", values="cell")
+            print(pivot.reindex(columns=part.method.unique()).to_string())
+
+
+ALL_ARCHITECTURES = "all architectures"
+
+
 def main(args: Args) -> None:
     """Refuse bad input before reading anything; write nothing unless every aggregate could be computed."""
     if not 0 < args.final_fraction <= 1:
@@ -135,8 +174,9 @@ def main(args: Args) -> None:
             runs = selection.select_runs(runs, args.scenarios, args.methods, args.seeds, owner=args.runs_dir)
         except ValueError as error:
             raise InputError(error)
-        print(f"bootstrapping the normalised final scores, curves and evaluation metrics of {len(runs)} runs "
-              f"({args.reps} reps an interval) ...", end=" ", flush=True)
+        what = ("the evaluation metrics of" if runs[0].paradigm == CLASSIFIER
+                else "the normalised final scores, curves and evaluation metrics of")
+        print(f"bootstrapping {what} {len(runs)} runs ({args.reps} reps an interval) ...", end=" ", flush=True)
         start = time.perf_counter()
         aggregate = estimates.aggregate_runs(runs, options)
         print(f"{time.perf_counter() - start:.1f} s")
@@ -148,9 +188,14 @@ def main(args: Args) -> None:
     plots.draw_figures(out, aggregate, colors, args.baseline, args.reference, args.final_fraction)
     csv_path = out / "aggregate.csv"
     pd.DataFrame(aggregate.rows + aggregate.tests, columns=estimates.COLUMNS).to_csv(csv_path, index=False)
-    print_tables(aggregate.rows)
-    if aggregate.tests:
-        print_p_values(aggregate.tests, args.reference)
+    if aggregate.paradigm == CLASSIFIER:
+        print_classifier_tables(aggregate.rows, aggregate.scenarios)
+        if aggregate.tests:
+            print_classifier_tests(aggregate.tests, args.reference)
+    else:
+        print_tables(aggregate.rows)
+        if aggregate.tests:
+            print_p_values(aggregate.tests, args.reference)
     print(f"\nwrote {csv_path} and the figures in {out}/")
 
 

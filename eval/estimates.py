@@ -11,6 +11,13 @@ statistics (eval/stats.py); eval/plots.py draws its figures from these rows.
 - Evaluation metrics (attention_eval.json, shift_eval.json): IQM, mean, median with CIs, not normalised.
 - Welch's t-test over seeds of the reference against every other method, per scenario and metric.
 
+Classifier runs (eval/runs.py, paradigm CLASSIFIER; the architecture in the scenario's role) have no returns, so
+no scores, curves or probability of improvement: every evaluation metric (``SPLIT_metric``) gets its IQM with a
+95% bootstrap CI over seeds per architecture (``scenario`` the architecture) and IQM, mean, median with stratified
+CIs over architectures x seeds (no ``scenario``); the tests of the reference against every other method: Welch's
+and the paired t-test over seeds (``n`` the pairs: same seed, same initialisation and data order) per
+architecture, and the stratified permutation test across architectures (eval/tables.py's).
+
 Every bootstrap draws from a ``RandomState(seed)`` of its own, so each estimate is reproducible alone.
 """
 
@@ -21,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eval import stats
-from eval.runs import Run, final_return, normalise, ordered_methods, score_matrices
+from eval.runs import CLASSIFIER, RL, Run, final_return, normalise, ordered_methods, score_matrices
 from scenarios import short_name
 
 COLUMNS = ["quantity", "metric", "method", "scenario", "seed", "step", "point", "ci_low", "ci_high", "n"]
@@ -62,6 +69,10 @@ class Aggregate:
     curve_xlabel: str = "environment steps"
     notes: list[str] = field(default_factory=list)
     """what was left out and why (e.g. no probability of improvement without the baseline)"""
+    paradigm: str = RL
+    """the runs' paradigm (eval/runs.py): RL or CLASSIFIER"""
+    splits: list[str] = field(default_factory=list)
+    """a classifier study's evaluated splits"""
 
 
 def estimate_rows(quantity: str, names, points: dict, intervals: dict) -> list[dict]:
@@ -184,6 +195,8 @@ def significance_rows(runs: list[Run], options: Options, notes: list[str]) -> li
 
 def aggregate_runs(runs: list[Run], options: Options) -> Aggregate:
     """Every aggregate of the runs; InputError if the methods do not have equal seeds on every scenario."""
+    if runs and runs[0].paradigm == CLASSIFIER:
+        return aggregate_classifier_runs(runs, options)
     notes: list[str] = []
     rows = normaliser_rows(runs) + final_score_rows(runs, options, notes)
     curves, xlabel = curve_rows(runs, options, notes)
@@ -196,3 +209,97 @@ def aggregate_runs(runs: list[Run], options: Options) -> Aggregate:
     notes.insert(0, f"{len(methods)} method(s) x {len(scenarios)} scenario(s) ({', '.join(map(short_name, scenarios))})"
                     f" x {seeds} seed(s)")
     return Aggregate(rows, significance_rows(runs, options, notes), scenarios, seeds, xlabel, notes)
+
+
+# ---------------------------------------------------------------- classifier runs
+
+
+def classifier_metric_names(runs: list[Run]) -> list[str]:
+    """The ``SPLIT_metric`` keys of the runs, split by split in their classifier_eval.json's order."""
+    return list(dict.fromkeys(name for r in runs for name in r.evaluation))
+
+
+def classifier_rows(runs: list[Run], options: Options) -> list[dict]:
+    """Per metric: the per-run values, the IQM with its CI over seeds per architecture, and the IQM, mean,
+    median with stratified CIs over architectures x seeds."""
+    rows = []
+    for name in classifier_metric_names(runs):
+        evaluated = [r for r in runs if name in r.evaluation]
+        def value(run: Run) -> np.float64:
+            return np.float64(run.evaluation[name])
+
+        rows += [dict(quantity=name, metric="run", method=r.method, scenario=r.env, seed=r.seed,
+                      point=r.evaluation[name]) for r in evaluated]
+        for architecture in sorted({r.env for r in evaluated}):
+            matrices, _ = score_matrices([r for r in evaluated if r.env == architecture], value,
+                                         f"evaluation metric '{name}' on '{architecture}'", options.baseline)
+            points, intervals = stats.interval_estimates(matrices, stats.iqm_of_runs, options.reps,
+                                                         np.random.RandomState(options.seed))
+            rows += [dict(quantity=name, metric="IQM", method=m, scenario=architecture, point=float(points[m][0]),
+                          ci_low=float(intervals[m][0, 0]), ci_high=float(intervals[m][1, 0])) for m in points]
+        matrices, _ = score_matrices(evaluated, value, f"evaluation metric '{name}'", options.baseline)
+        points, intervals = stats.interval_estimates(matrices, stats.evaluation_aggregates, options.reps,
+                                                     np.random.RandomState(options.seed))
+        rows += estimate_rows(name, EVALUATION_AGGREGATES, points, intervals)
+    return rows
+
+
+def classifier_test_rows(runs: list[Run], options: Options, notes: list[str]) -> list[dict]:
+    """The reference against every other method, per metric: Welch's and the paired t-test over seeds per
+    architecture, the stratified permutation test across architectures."""
+    if options.reference not in {r.method for r in runs}:
+        notes.append(f"no significance tests: no run of method '{options.reference}' (--reference)")
+        return []
+    architectures = sorted({r.env for r in runs})
+    others = [m for m in ordered_methods((r.method for r in runs), options.baseline) if m != options.reference]
+    rows = []
+    for name in classifier_metric_names(runs):
+        def by_seed(method: str, architecture: str) -> dict[int, float]:
+            return {r.seed: r.evaluation[name] for r in sorted(runs, key=lambda r: r.seed)
+                    if r.method == method and r.env == architecture and name in r.evaluation}
+
+        for architecture in architectures:
+            reference = by_seed(options.reference, architecture)
+            for method in others:
+                other = by_seed(method, architecture)
+                if not other:
+                    continue
+                common = sorted(reference.keys() & other.keys())
+                rows += [dict(quantity=name, metric=f"welch_p_{options.reference}_vs", method=method,
+                              scenario=architecture, n=f"{len(reference)} vs {len(other)}",
+                              point=stats.welch_p_value(np.array(list(reference.values())),
+                                                        np.array(list(other.values())))),
+                         dict(quantity=name, metric=f"paired_p_{options.reference}_vs", method=method,
+                              scenario=architecture, n=f"{len(common)} pairs",
+                              point=stats.paired_p_value(np.array([reference[s] for s in common]),
+                                                         np.array([other[s] for s in common])))]
+        if len(architectures) < 2:
+            continue
+        x = [np.array(list(by_seed(options.reference, a).values())) for a in architectures]
+        for method in others:
+            y = [np.array(list(by_seed(method, a).values())) for a in architectures]
+            if not any(len(a) and len(b) for a, b in zip(x, y)):
+                continue
+            both = [(a, b) for a, b in zip(x, y) if len(a) and len(b)]
+            rows.append(dict(quantity=name, metric=f"permutation_p_{options.reference}_vs", method=method,
+                             n=f"{sum(len(a) for a, _ in both)} vs {sum(len(b) for _, b in both)}",
+                             point=stats.stratified_permutation_p(x, y, options.reps,
+                                                                  np.random.default_rng(options.seed))))
+    return rows
+
+
+def aggregate_classifier_runs(runs: list[Run], options: Options) -> Aggregate:
+    """Every aggregate of classifier runs; InputError if the methods do not have equal seeds on an
+    architecture (or, across architectures, on every architecture)."""
+    notes: list[str] = []
+    rows = classifier_rows(runs, options)
+    architectures = sorted({r.env for r in runs})
+    seeds = len([r for r in runs if r.method == runs[0].method and r.env == runs[0].env])
+    methods = ordered_methods((r.method for r in runs), options.baseline)
+    notes.append(f"{len(methods)} method(s) x {len(architectures)} architecture(s) ({', '.join(architectures)}) x "
+                 f"{seeds} seed(s), classifier runs")
+    notes.append("no return curves, final scores or probability of improvement: classifier runs have no episodic "
+                 "returns (each record's curves.csv holds its per-epoch curves)")
+    tests = classifier_test_rows(runs, options, notes)
+    splits = list(dict.fromkeys(split for r in runs for split in r.splits))
+    return Aggregate(rows, tests, architectures, seeds, "", notes, paradigm=CLASSIFIER, splits=splits)

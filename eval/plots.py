@@ -2,7 +2,8 @@
 
 ``draw_figures`` writes, from an Aggregate's rows: ``interval_estimates.png``, ``sample_efficiency.png``,
 ``probability_of_improvement.png``, ``attention.png`` and ``evidence.png`` (occlusion, shift; when there are
-evaluations) and ``p_values.png``.
+evaluations) and ``p_values.png``. For classifier runs: ``metrics_SPLIT.png`` (every metric of a split, IQM over
+architectures x seeds with its CI), ``p_values.png`` (Welch's t-test) and ``paired_p_values.png``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd  # noqa: E402
 from rliable import plot_utils  # noqa: E402
 
 from eval.estimates import CURVE, EVIDENCE_PREFIXES, SCORE_AGGREGATES, Aggregate  # noqa: E402
+from eval.runs import CLASSIFIER  # noqa: E402
 
 
 def method_colors(methods: list[str]) -> dict:
@@ -95,8 +97,8 @@ def plot_probability_of_improvement(path: Path, points: dict, intervals: dict, b
     plt.close(fig)
 
 
-def plot_p_values(path: Path, rows: list[dict], reference: str) -> None:
-    """One panel per compared method: p-value of each metric (rows) on each scenario (columns)."""
+def plot_p_values(path: Path, rows: list[dict], reference: str, test: str = "Welch's t-test over seeds") -> None:
+    """One panel per compared method: p-value of each metric (rows) on each scenario (columns), of one test."""
     table = pd.DataFrame(rows)
     methods, scenarios = list(table.method.unique()), sorted(table.scenario.unique())
     quantities = list(table.quantity.unique())
@@ -112,7 +114,7 @@ def plot_p_values(path: Path, rows: list[dict], reference: str) -> None:
         ax.set_xticks(range(len(scenarios)), scenarios, rotation=20, fontsize=8)
         ax.set_yticks(range(len(quantities)), quantities if i == 0 else [""] * len(quantities), fontsize=8)
         ax.set_title(f"{reference} vs {method}", fontsize=9)
-    fig.suptitle("Welch's t-test over seeds, two-sided p-value (colour: -log10 p, bright = small p)", fontsize=9)
+    fig.suptitle(f"{test}, two-sided p-value (colour: -log10 p, bright = small p)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -143,6 +145,9 @@ def plot_evaluation(path: Path, rows: list[dict], names: list[str], title: str, 
 def draw_figures(out: Path, aggregate: Aggregate, colors: dict, baseline: str, reference: str,
                  final_fraction: float) -> None:
     """Every figure of the aggregate into the folder ``out`` (which must exist)."""
+    if aggregate.paradigm == CLASSIFIER:
+        draw_classifier_figures(out, aggregate, colors, reference)
+        return
     rows, scenarios, seeds = aggregate.rows, len(aggregate.scenarios), aggregate.seeds
     points, intervals = estimates_by_method(rows, "normalised_score", SCORE_AGGREGATES)
     plot_score_intervals(out / "interval_estimates.png", points, intervals, SCORE_AGGREGATES,
@@ -174,3 +179,27 @@ def draw_figures(out: Path, aggregate: Aggregate, colors: dict, baseline: str, r
                         "Occlusion and background shift: IQM over scenarios x seeds, point and 95% CI", colors)
     if aggregate.tests:
         plot_p_values(out / "p_values.png", aggregate.tests, reference)
+
+
+def split_of(name: str, splits: list[str]) -> str | None:
+    """The split of a ``SPLIT_metric`` key: the longest split it starts with (test_balanced before test)."""
+    found = [split for split in splits if name.startswith(f"{split}_")]
+    return max(found, key=len) if found else None
+
+
+def draw_classifier_figures(out: Path, aggregate: Aggregate, colors: dict, reference: str) -> None:
+    """A figure of each split's metrics across architectures, and the per-architecture p-values of each test."""
+    across = [r for r in aggregate.rows if "scenario" not in r]
+    names = list(dict.fromkeys(r["quantity"] for r in across))
+    where = f"{len(aggregate.scenarios)} architectures x {aggregate.seeds} seeds"
+    for split in aggregate.splits:
+        part = [n for n in names if split_of(n, aggregate.splits) == split]
+        if part:
+            plot_evaluation(out / f"metrics_{split}.png", across, part,
+                            f"{split}: IQM over {where}, point and 95% CI", colors)
+    for kind, file, test in (("welch", "p_values.png", "Welch's t-test over seeds"),
+                             ("paired", "paired_p_values.png", "Paired t-test over seeds (same seed: same init and "
+                                                               "data order)")):
+        tests = [r for r in aggregate.tests if r["metric"] == f"{kind}_p_{reference}_vs"]
+        if tests:
+            plot_p_values(out / file, tests, reference, test)

@@ -6,6 +6,15 @@ global step at which each episode ended), or a run record of eval/record.py (``r
 the event files); ``attention_eval.json`` and ``shift_eval.json`` add its evaluation metrics. The file
 names are agents/run_folder.py's.
 
+A classifier run (agents/camal_classifier.py: a ``config.json`` with ``model``, ``method``, ``seed``, ``epochs`` and
+no ``env``) or its record holds ``curves.csv`` (one row per epoch) and ``classifier_eval.json`` (eval/classifier.py).
+It is read into a Run of paradigm CLASSIFIER with the architecture (config ``model``) in the scenario's role
+(``Run.env``), its epochs as its budget (``Run.total_timesteps``), no episodes, and its evaluation flattened to
+``SPLIT_metric`` keys, the naming of curves.csv: ``val_accuracy``, ``test_balanced_relevance_mass``,
+``test_shifted_deletion_auc``, ... (the image counts ``images`` and ``images_with_mask`` are not metrics and are
+left out). It is complete when curves.csv has reached the config's epochs and classifier_eval.json exists. A
+study is one paradigm: a folder holding RL runs and classifier runs is refused.
+
 Bad input raises InputError, whose message names what was wrong and what is valid; what is only worth
 knowing (folders left out, methods on different seeds) goes to ``warn``, by default ``warnings.warn``.
 """
@@ -23,13 +32,19 @@ import numpy as np
 import pandas as pd
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
-from agents.run_folder import ATTENTION_EVAL, CONFIG, RETURNS, SHIFT_EVAL
+from agents.run_folder import ATTENTION_EVAL, CLASSIFIER_EVAL, CONFIG, CURVES, RETURNS, SHIFT_EVAL, read_curves
 from eval.stats import windowed_mean_returns
 from scenarios import SCENARIOS, is_config_path
 
 RETURN_TAG = "charts/episodic_return"
 EVALUATION_FILES = (ATTENTION_EVAL, SHIFT_EVAL)
 CONFIG_KEYS = ("env", "method", "seed", "total_timesteps")
+RL, CLASSIFIER = "rl", "classifier"
+"""the two paradigms of a study: RL agents (agents/ppo_camal.py) and image classifiers (agents/camal_classifier.py)"""
+CLASSIFIER_CONFIG_KEYS = ("model", "method", "seed", "epochs")
+CLASSIFIER_EVALUATION_FILES = (CLASSIFIER_EVAL,)
+CLASSIFIER_COUNTS = ("images", "images_with_mask")
+"""per-split counts of classifier_eval.json: not metrics, left out of a run's evaluation"""
 
 
 class InputError(Exception):
@@ -45,6 +60,10 @@ class SkippedRun(Exception):
     """A folder that is not a complete run (refused, crashed or unfinished): listed in a warning, left out."""
 
 
+class NotEvaluated(SkippedRun):
+    """A classifier run that finished training but has no classifier_eval.json yet."""
+
+
 def warn_by_default(message: str) -> None:
     warnings.warn(message, RunWarning, stacklevel=3)
 
@@ -53,9 +72,11 @@ def warn_by_default(message: str) -> None:
 class Run:
     path: Path
     env: str
+    """the scenario; for a classifier run, the architecture (config ``model``)"""
     method: str
     seed: int
     total_timesteps: int
+    """the budget: environment steps; for a classifier run, epochs"""
     steps: np.ndarray
     """global step at which each episode ended, ascending"""
     returns: np.ndarray
@@ -66,6 +87,20 @@ class Run:
     """R_random of the run's scenario (set by load_runs)"""
     r_max: float = np.nan
     """R_max of the run's scenario (set by load_runs)"""
+    paradigm: str = RL
+    """RL or CLASSIFIER"""
+    splits: tuple[str, ...] = ()
+    """a classifier run's evaluated splits, in classifier_eval.json's order"""
+
+
+def paradigm_of(config: dict) -> str:
+    """CLASSIFIER for a config of agents/camal_classifier.py (a ``model``, no ``env``), else RL."""
+    return CLASSIFIER if isinstance(config, dict) and "env" not in config and "model" in config else RL
+
+
+def evaluation_files(paradigm: str) -> tuple[str, ...]:
+    """The evaluation files of a run of the paradigm, as its record holds them."""
+    return CLASSIFIER_EVALUATION_FILES if paradigm == CLASSIFIER else EVALUATION_FILES
 
 
 def find_run_dirs(runs_dir: Path) -> tuple[list[Path], list[str]]:
@@ -111,12 +146,75 @@ def read_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default) -
     return {k: v for k, v in values.items() if np.isfinite(v)}
 
 
-def load_run(run_dir: Path, final_fraction: float = 0.1, warn: Callable[[str], None] = warn_by_default) -> Run:
-    """A run folder or run record; SkippedRun if it is not a complete run."""
+def read_classifier_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default
+                               ) -> tuple[dict[str, float], tuple[str, ...], dict]:
+    """The finite metrics of a classifier_eval.json as ``SPLIT_metric`` keys, its splits, and the run it names
+    (its keys model, method and seed that it has)."""
     try:
-        config = json.loads((run_dir / CONFIG).read_text())
+        evaluated = json.loads(path.read_text())
+        splits = evaluated["splits"]
+        values = {f"{split}_{name}": float(value) for split, metrics in splits.items()
+                  for name, value in metrics.items() if name not in CLASSIFIER_COUNTS and value is not None}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise InputError(f"cannot read the per-split metrics ('splits': {{SPLIT: {{metric: value}}}}) of {path}: "
+                         f"{error!r}")
+    undefined = sorted(k for k, v in values.items() if not np.isfinite(v))
+    if undefined:
+        warn(f"{path} has no value for {', '.join(undefined)}; left out")
+    named = {key: evaluated[key] for key in ("model", "method", "seed") if key in evaluated}
+    return {k: v for k, v in values.items() if np.isfinite(v)}, tuple(splits), named
+
+
+def classifier_epochs_done(run_dir: Path) -> int:
+    """The epochs a classifier run's curves.csv holds (0 without one)."""
+    try:
+        curves = read_curves(run_dir)
+        return int(curves[-1]["epoch"]) if curves else 0
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(f"cannot read {run_dir / CURVES} (one row per epoch, column epoch): {error!r}")
+
+
+def load_classifier_run(run_dir: Path, config: dict, warn: Callable[[str], None] = warn_by_default,
+                        unfinished: bool = False) -> Run:
+    """A classifier run folder or record; SkippedRun if its curves.csv has fewer epochs than its config,
+    NotEvaluated if it has no classifier_eval.json (``unfinished``: neither is required)."""
+    missing = [key for key in CLASSIFIER_CONFIG_KEYS if key not in config]
+    if missing:
+        raise SkippedRun(f"{CONFIG} of a classifier run lacks the key(s) {', '.join(missing)}")
+    epochs, done = int(config["epochs"]), classifier_epochs_done(run_dir)
+    if done == 0:
+        raise SkippedRun(f"no epoch in {CURVES} (a refused, crashed or just started run)")
+    if done < epochs and not unfinished:
+        raise SkippedRun(f"unfinished: {done} of {epochs} epochs in {CURVES}")
+    evaluation, splits = {}, ()
+    if (run_dir / CLASSIFIER_EVAL).is_file():
+        evaluation, splits, named = read_classifier_evaluation(run_dir / CLASSIFIER_EVAL, warn)
+        different = [key for key, value in named.items() if value != config[key]]
+        if different:
+            raise InputError(f"{run_dir / CLASSIFIER_EVAL} is not this run's: its "
+                             + ", ".join(f"{k} {named[k]!r} is not {CONFIG}'s {config[k]!r}" for k in different)
+                             + f"; evaluate the run again (python eval/classifier.py {run_dir})")
+    elif not unfinished:
+        raise NotEvaluated(f"not evaluated: no {CLASSIFIER_EVAL} (python eval/classifier.py {run_dir})")
+    return Run(run_dir, str(config["model"]), str(config["method"]), int(config["seed"]), epochs,
+               np.zeros(0, np.int64), np.zeros(0), evaluation, paradigm=CLASSIFIER, splits=splits)
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """A run's config.json; SkippedRun if it is unreadable."""
+    try:
+        return json.loads((run_dir / CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise SkippedRun(f"unreadable {CONFIG} ({error})")
+
+
+def load_run(run_dir: Path, final_fraction: float = 0.1, warn: Callable[[str], None] = warn_by_default,
+             unfinished: bool = False) -> Run:
+    """A run folder or run record, RL or classifier; SkippedRun if it is not a complete run (``unfinished``: a
+    classifier run still training, or not evaluated, is read too; an RL one is with ``final_fraction`` 1)."""
+    config = read_run_config(run_dir)
+    if paradigm_of(config) == CLASSIFIER:
+        return load_classifier_run(run_dir, config, warn, unfinished)
     missing = [key for key in CONFIG_KEYS if key not in config]
     if missing:
         raise SkippedRun(f"{CONFIG} lacks the key(s) {', '.join(missing)}")
@@ -178,6 +276,7 @@ def load_runs(runs_dir: Path, final_fraction: float = 0.1, normalisation: str | 
     """Every complete run (folder or record) under runs_dir, with its scenario's normalisation constants; the
     folders left out and the scenarios whose methods ran on different seeds go to ``warn``."""
     dirs, skipped = find_run_dirs(runs_dir)
+    check_one_paradigm(dirs, runs_dir)
     runs = []
     for run_dir in dirs:
         try:
@@ -197,10 +296,33 @@ def load_runs(runs_dir: Path, final_fraction: float = 0.1, normalisation: str | 
         seen[key] = run.path
     entries = normalisation_file(normalisation)
     for run in runs:
-        run.r_random, run.r_max = normalisation_bounds(run.env, entries)
+        if run.paradigm == RL:  # a classifier's metrics are not normalised
+            run.r_random, run.r_max = normalisation_bounds(run.env, entries)
     for message in different_seed_sets(runs):
         warn(message)
     return runs
+
+
+def check_one_paradigm(dirs: list[Path], runs_dir: Path) -> str:
+    """The paradigm of the runs in ``dirs`` (their readable configs); InputError naming one run of each if they
+    mix RL runs and classifier runs."""
+    found: dict[str, Path] = {}
+    for run_dir in dirs:
+        try:
+            found.setdefault(paradigm_of(read_run_config(run_dir)), run_dir)
+        except SkippedRun:
+            continue
+    if len(found) > 1:
+        raise InputError(f"{runs_dir} mixes RL runs (e.g. {found[RL]}) and classifier runs (e.g. {found[CLASSIFIER]}); "
+                         "a study is one paradigm: put each kind in a folder of its own")
+    return next(iter(found), RL)
+
+
+def study_paradigm(runs_dir: Path) -> str:
+    """RL or CLASSIFIER: the paradigm of the runs under runs_dir, from their configs alone; InputError if there
+    are none or they mix the two."""
+    dirs, _ = find_run_dirs(runs_dir)
+    return check_one_paradigm(dirs, runs_dir)
 
 
 def final_return(run: Run, fraction: float) -> float:

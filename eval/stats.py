@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 from scipy.stats import trim_mean, ttest_ind, ttest_rel
-from statsmodels.stats.power import TTestIndPower
+from statsmodels.stats.power import TTestIndPower, TTestPower
 
 
 def iqm(values: np.ndarray) -> np.ndarray:
@@ -167,6 +167,21 @@ def seeds_for_power(x: np.ndarray, y: np.ndarray, alpha: float, power: float = 0
     effect = abs(x.mean() - y.mean()) / spread
     seeds = np.arange(2, most + 1)
     enough = TTestIndPower().power(effect_size=effect, nobs1=seeds, alpha=alpha, alternative="two-sided") >= power
+    return int(seeds[enough][0]) if enough.any() else None
+
+
+def pairs_for_power(differences: np.ndarray, alpha: float, power: float = 0.8, most: int = 200) -> int | None:
+    """Seeds (pairs) at which a two-sided paired t-test at level ``alpha`` detects the observed mean of the
+    per-seed differences (effect: their mean over their standard deviation) with the given power: the smallest
+    n whose power is at least ``power`` by statsmodels' ``TTestPower``. None if the mean or the spread is 0, or
+    if it needs more than ``most``."""
+    differences = np.asarray(differences, dtype=np.float64)
+    spread = np.std(differences, ddof=1) if len(differences) > 1 else np.nan
+    if not np.isfinite(spread) or spread == 0 or differences.mean() == 0:
+        return None
+    effect = abs(differences.mean()) / spread
+    seeds = np.arange(2, most + 1)
+    enough = TTestPower().power(effect_size=effect, nobs=seeds, alpha=alpha, alternative="two-sided") >= power
     return int(seeds[enough][0]) if enough.any() else None
 
 

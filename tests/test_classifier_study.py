@@ -104,3 +104,18 @@ def test_a_classifier_study_trains_and_evaluates_every_run_and_a_rerun_trains_no
         assert run_folder.read_config(folder)["camal_coef"] == (0.5 if method == "camal" else 0.0)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert again.returncode == 0 and "2 done, 0 to resume, 0 to start" in again.stdout
+
+
+def test_the_shipped_dl_studies_declare_their_runs():
+    paper = study.load_study(str(ROOT / "experiments" / "paper_dl.toml"))
+    architectures = {"resnet_mini", "vit_mini", "swin_mini", "maxvit_mini", "convnext_mini", "efficientnet_mini"}
+    assert {r.env for r in paper.runs} == architectures and len(paper.runs) == 6 * 2 * 5 + 2 * 4 * 5
+    for model in architectures:
+        for method in ("vanilla", "camal"):
+            assert sorted(r.seed for r in paper.runs if (r.env, r.method) == (model, method)) == [1, 2, 3, 4, 5]
+    controls = {(r.env, r.method) for r in paper.runs if r.method not in ("vanilla", "camal")}
+    assert controls == {(m, c) for m in ("resnet_mini", "vit_mini")
+                        for c in ("rrr", "entropy", "camal-random", "camal-uniform")}
+    assert {r.data for r in paper.runs} == {str((ROOT / "data" / "doom_objects").resolve())}
+    curves = study.load_study(str(ROOT / "experiments" / "dl_curves.toml"))
+    assert {r.env for r in curves.runs} == architectures and {r.method for r in curves.runs} == {"vanilla"}
