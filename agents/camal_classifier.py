@@ -171,7 +171,7 @@ def main(args: Args) -> Path:
         run_folder.write_config(run_dir, args)  # --epochs may have changed
     else:
         try:
-            run_dir = run_folder.create_run_dir(args, Path(args.data).name)
+            run_dir = run_folder.create_run_dir(args, args.model)
         except OSError as error:
             sys.exit(f"error: --runs-dir {args.runs_dir}: cannot create a run folder there ({error.strerror})")
     try:

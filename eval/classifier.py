@@ -1,6 +1,6 @@
 """Evaluate a trained classifier (agents/camal_classifier.py): accuracy, alignment and faithfulness per split.
 
-    python eval/classifier.py runs/doom_objects__camal__1__1700000000
+    python eval/classifier.py runs/resnet_mini__camal__1__1700000000
 
 On every split of the run's data folder but train (e.g. val: in distribution; test_balanced: every class on
 every background; test_shifted: backgrounds replaced by noise), with the Grad-CAM map of the predicted class:
