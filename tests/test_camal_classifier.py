@@ -170,3 +170,33 @@ def test_the_evaluation_refuses_a_folder_that_is_no_classifier_run(tmp_path, cap
     with pytest.raises(SystemExit) as stop:
         evaluate(EvalArgs(run=str(tmp_path), cuda=False))
     assert "no checkpoint.pt" in str(stop.value)
+
+
+@pytest.mark.slow
+def test_camal_with_lambda_0_is_exactly_the_cross_entropy_run(data, tmp_path):
+    vanilla = train(data, tmp_path / "a", "--epochs", "1", "--attn-loss", "none")
+    camal_0 = train(data, tmp_path / "b", "--epochs", "1", "--attn-loss", "camal", "--camal-coef", "0")
+    a = run_folder.load_classifier_checkpoint(vanilla)["model"]
+    b = run_folder.load_classifier_checkpoint(camal_0)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.slow
+def test_every_reduced_architecture_trains_evaluates_records_and_aggregates(data, tmp_path):
+    from vision.models import REDUCED_MODELS
+
+    for model in REDUCED_MODELS:
+        for method in ("none", "camal"):
+            run_dir = train(data, tmp_path / "runs", "--epochs", "1", "--model", model, "--attn-loss", method)
+            evaluate(EvalArgs(run=str(run_dir), cuda=False, deletion_steps=2))
+    runs = sorted((tmp_path / "runs").glob("*/config.json"))
+    assert len(runs) == 2 * len(REDUCED_MODELS)
+    record = subprocess.run([sys.executable, str(ROOT / "eval/record.py"), *[str(p.parent) for p in runs],
+                             "--study", "tiny", "--results-dir", str(tmp_path / "results")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert record.returncode == 0, record.stderr
+    aggregate = subprocess.run([sys.executable, str(ROOT / "eval/aggregate.py"), str(tmp_path / "results" / "tiny"),
+                                "--reps", "200", "--out", str(tmp_path / "aggregate")],
+                               capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert aggregate.returncode == 0, aggregate.stderr
+    assert all(model in aggregate.stdout for model in REDUCED_MODELS)

@@ -156,3 +156,31 @@ def test_command_line_refuses_with_one_error_line(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: --out {tmp_path} exists and is not an empty folder; "
                                                   f"give a new folder"]
     assert [path.name for path in tmp_path.iterdir()] == ["kept.txt"]
+
+
+@pytest.mark.slow
+def test_an_objects_mask_is_the_label_buffers_pixels_of_it_and_shrinks_by_coverage():
+    """At the render's own size the mask is exactly the label buffer's pixels of the summoned object and the
+    colours are the frame's there; shrunk, a pixel is the object's where the object covers half of it or more."""
+    from vision import doom_objects
+
+    game = doom_objects.start_game(doom_objects.OBJECT_MAP, "RES_160X120", seed=3, objects_info=True)
+    try:
+        doom_objects.restart(game)
+        before = {thing.id for thing in game.get_state().objects}
+        game.send_game_command("summon DoomImp 180")
+        game.advance_action(2)
+        state = game.get_state()
+        (imp,) = [thing for thing in state.objects if thing.id not in before and thing.name == "DoomImp"]
+        (value,) = [label.value for label in state.labels if label.object_id == imp.id]
+        frame = doom_objects.centre_square(state.screen_buffer)
+        labels = doom_objects.centre_square(state.labels_buffer)
+    finally:
+        game.close()
+    exact = labels == value
+    assert exact.sum() > 20
+    colours, mask = doom_objects.shrink_object(frame, exact, frame.shape[0])
+    assert np.array_equal(mask, exact) and np.array_equal(colours[mask], frame[exact])
+    _, small = doom_objects.shrink_object(frame, exact, 60)
+    coverage = exact.reshape(60, 2, 60, 2).mean(axis=(1, 3))
+    assert np.array_equal(small, coverage >= 0.5)
