@@ -1,6 +1,7 @@
 """Helpers shared by the test files, imported as ``from conftest import ...``: the repository's paths, running
 its scripts in a fresh Python, reading TensorBoard logs, and checking one-line refusals."""
 
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -91,3 +92,16 @@ def assert_one_line_listing(message: str, valid_names) -> None:
     assert "\n" not in message
     for name in valid_names:
         assert name in message, f"{name!r} missing from the error message: {message}"
+
+
+# ---------------------------------------------------------------- the study runner
+
+
+def load_study_module():
+    """experiments/study.py as a module (it is a script, not a package module), loaded once."""
+    if "study" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("study", ROOT / "experiments" / "study.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["study"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["study"]

@@ -1,6 +1,5 @@
 """A classifier study (experiments/study.py with a [classifier] table): declared, checked, run on Ray, resumed."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agents import run_folder
+from conftest import load_study_module
 from test_camal_classifier import make_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +40,6 @@ deletion_steps = 4
 """
 
 
-def load_study_module():
-    spec = importlib.util.spec_from_file_location("study", STUDY_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["study"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 study = load_study_module()

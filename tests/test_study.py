@@ -1,7 +1,6 @@
 """The study runner on a real Ray: a 2-node cluster on this machine, a run's worker killed mid-run,
 the study run again; and its refusals of bad input."""
 
-import importlib.util
 import os
 import signal
 import socket
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, event_file_steps, run_python, scalars
+from conftest import ROOT, event_file_steps, load_study_module, run_python, scalars
 
 STUDY_SCRIPT = ROOT / "experiments" / "study.py"
 BATCH = 2 * 64
@@ -44,12 +43,6 @@ cpus = 1
 """
 
 
-def load_study_module():
-    spec = importlib.util.spec_from_file_location("study", STUDY_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["study"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 study = load_study_module()
