@@ -106,9 +106,19 @@ def print_warning(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def interval_cells(table: pd.DataFrame) -> list[str]:
+    """"point [low, high]" of each row of a table of estimates."""
+    return [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in zip(table.point, table.ci_low, table.ci_high)]
+
+
+def p_value_cells(table: pd.DataFrame) -> list[str]:
+    """"p (n)" of each row of a table of tests."""
+    return [f"{'n/a' if np.isnan(p) else f'{p:.3g}'} ({n})" for p, n in zip(table.point, table.n)]
+
+
 def print_tables(rows: list[dict]) -> None:
     table = pd.DataFrame([r for r in rows if "ci_low" in r and r["quantity"] != estimates.CURVE])
-    table["cell"] = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in zip(table.point, table.ci_low, table.ci_high)]
+    table["cell"] = interval_cells(table)
     for quantity, part in table.groupby("quantity", sort=False):
         is_improvement = part.metric.str.startswith("probability_of_improvement")
         for cells, title in ((part[~is_improvement], ""), (part[is_improvement], ", probability of improvement")):
@@ -120,7 +130,7 @@ def print_tables(rows: list[dict]) -> None:
 
 def print_p_values(rows: list[dict], reference: str) -> None:
     table = pd.DataFrame(rows)
-    table["cell"] = [f"{'n/a' if np.isnan(p) else f'{p:.3g}'} ({n})" for p, n in zip(table.point, table.n)]
+    table["cell"] = p_value_cells(table)
     print(f"\nWelch's t-test over seeds, {reference} vs each method: two-sided p-value (n seeds {reference} vs other):")
     pivot = table.pivot(index=["quantity", "scenario"], columns="method", values="cell")
     print(pivot.reindex(columns=table.method.unique()).to_string())
@@ -129,7 +139,7 @@ def print_p_values(rows: list[dict], reference: str) -> None:
 def print_classifier_tables(rows: list[dict], architectures: list[str]) -> None:
     """Per architecture, then across architectures: each metric's IQM [95% CI] per method."""
     table = pd.DataFrame([r for r in rows if r["metric"] == "IQM"])
-    table["cell"] = [f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for p, lo, hi in zip(table.point, table.ci_low, table.ci_high)]
+    table["cell"] = interval_cells(table)
     table["scenario"] = table.scenario.fillna(ALL_ARCHITECTURES)
     for where in [*architectures, ALL_ARCHITECTURES]:
         part = table[table.scenario == where]
@@ -141,7 +151,7 @@ def print_classifier_tables(rows: list[dict], architectures: list[str]) -> None:
 
 def print_classifier_tests(rows: list[dict], reference: str) -> None:
     table = pd.DataFrame(rows)
-    table["cell"] = [f"{'n/a' if np.isnan(p) else f'{p:.3g}'} ({n})" for p, n in zip(table.point, table.n)]
+    table["cell"] = p_value_cells(table)
     table["scenario"] = table.scenario.fillna(ALL_ARCHITECTURES) if "scenario" in table else ALL_ARCHITECTURES
     for kind, test in (("welch", "Welch's t-test over seeds (n seeds a side)"),
                        ("paired", "paired t-test over seeds (n pairs: same seed)"),

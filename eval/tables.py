@@ -28,6 +28,15 @@ from eval.stats import (iqm_interval, paired_p_value, pairs_for_power, seeds_for
                         welch_p_value)
 from scenarios import short_name
 
+DELETION_INSERTION = (
+    # the faithfulness rows both paradigms share: (key, label, the better direction)
+    ("deletion_auc", "deletion AUC, map order", -1),
+    ("deletion_auc_random", "deletion AUC, random order", 0),
+    ("deletion_gain", "deletion gain (random order - map order)", +1),
+    ("insertion_auc", "insertion AUC, map order", +1),
+    ("insertion_auc_random", "insertion AUC, random order", 0),
+    ("insertion_gain", "insertion gain (map order - random order)", +1),
+)
 METRICS = (
     # (key, label, the better direction: +1 higher, -1 lower, 0 a control)
     ("normalised_score", "normalised score", +1),
@@ -35,12 +44,7 @@ METRICS = (
     ("relevance_mass_chance", "chance level of mass, rank and pointing (target's share of the frame)", 0),
     ("relevance_rank", "relevance rank", +1),
     ("pointing_game", "pointing game", +1),
-    ("deletion_auc", "deletion AUC, map order", -1),
-    ("deletion_auc_random", "deletion AUC, random order", 0),
-    ("deletion_gain", "deletion gain (random order - map order)", +1),
-    ("insertion_auc", "insertion AUC, map order", +1),
-    ("insertion_auc_random", "insertion AUC, random order", 0),
-    ("insertion_gain", "insertion gain (map order - random order)", +1),
+    *DELETION_INSERTION,
     ("occlusion_drop", "occlusion drop of pi(a*), target", +1),
     ("occlusion_drop_random", "occlusion drop of pi(a*), random region", 0),
     ("occlusion_gain", "occlusion drop, target - random region", +1),
@@ -85,12 +89,7 @@ CLASSIFIER_METRICS = (
     ("relevance_rank_chance", "chance level of rank", 0),
     ("pointing_game", "pointing game", +1),
     ("pointing_game_chance", "chance level of pointing", 0),
-    ("deletion_auc", "deletion AUC, map order", -1),
-    ("deletion_auc_random", "deletion AUC, random order", 0),
-    ("deletion_gain", "deletion gain (random order - map order)", +1),
-    ("insertion_auc", "insertion AUC, map order", +1),
-    ("insertion_auc_random", "insertion AUC, random order", 0),
-    ("insertion_gain", "insertion gain (map order - random order)", +1),
+    *DELETION_INSERTION,
     ("occlusion_drop", "occlusion drop of p(predicted class), object", +1),
     ("occlusion_drop_random", "occlusion drop of p(predicted class), random region", 0),
     ("occlusion_gain", "occlusion drop, object - random region", +1),

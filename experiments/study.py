@@ -207,11 +207,7 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
         if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
             raise StudyError(f"{path}: [budgets] {env} = {budget!r}; a budget is a number of steps > 0")
     common = as_flags(table(spec.get("flags", {}), f"{path}: [flags]"), agent_hints, RUNNER_FLAGS, f"{path}: [flags]")
-    method_flags = table(spec.get("method_flags", {}), f"{path}: [method_flags]")
-    for method, flags in method_flags.items():
-        if method not in METHODS:
-            raise StudyError(f"{path}: [method_flags.{method}]: unknown method; valid: {', '.join(METHODS)}")
-        table(flags, f"{path}: [method_flags.{method}]")
+    method_flags = check_method_flags(spec, path)
     eval_flags = tuple(as_flags(table(spec.get("eval", {}), f"{path}: [eval]"), eval_hints, EVAL_RUNNER_FLAGS,
                                 f"{path}: [eval]"))
     cpus, gpus = parse_resources(spec, path, cpus, gpus)
@@ -223,24 +219,7 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
     for i, group in enumerate(groups, 1):
         where = f"{path}: [[runs]] #{i}"
         group = table(group, where)
-        if set(group) != {"scenarios", "methods", "seeds"}:
-            raise StudyError(f"{where}: needs exactly the keys scenarios, methods, seeds; got {', '.join(sorted(group))}")
-        for key in ("scenarios", "methods", "seeds"):
-            if not isinstance(group[key], list) or not group[key]:
-                raise StudyError(f"{where}: {key} must be a non-empty list")
-        for method in group["methods"]:
-            if method not in METHODS:
-                raise StudyError(f"{where}: unknown method {method!r}; valid: {', '.join(METHODS)}")
-        for env in group["scenarios"]:
-            if env not in budgets:
-                try:
-                    check_scenario(env)
-                except (ValueError, TypeError) as error:
-                    raise StudyError(f"{where}: {error}") from None
-                raise StudyError(f"{where}: scenario '{env}' has no budget in [budgets]")
-        for seed in group["seeds"]:
-            if not fits(seed, int) or not 0 <= seed < 2**32:
-                raise StudyError(f"{where}: seed {seed!r} is not an integer in [0, 2**32)")
+        check_group(group, where, "scenarios", lambda env: check_budgeted_scenario(env, budgets, where))
         for env in group["scenarios"]:
             for method in group["methods"]:
                 flags = tuple(common + as_flags(method_flags.get(method, {}), agent_hints, RUNNER_FLAGS,
@@ -256,6 +235,48 @@ def parse_study(text: str, path: str, name: str, cpus: float | None = None, gpus
                               run_args.num_envs * run_args.num_steps)
                     runs.setdefault(run.name, run)
     return Study(name, list(runs.values()), float(cpus), float(gpus))
+
+
+def check_method_flags(spec: dict, path: str) -> dict:
+    """The [method_flags] table: a table of flags per known method."""
+    method_flags = table(spec.get("method_flags", {}), f"{path}: [method_flags]")
+    for method, flags in method_flags.items():
+        if method not in METHODS:
+            raise StudyError(f"{path}: [method_flags.{method}]: unknown method; valid: {', '.join(METHODS)}")
+        table(flags, f"{path}: [method_flags.{method}]")
+    return method_flags
+
+
+def check_group(group: dict, where: str, places: str, check_place) -> None:
+    """One [[runs]] table: exactly PLACES (scenarios or models), methods and seeds, each a non-empty list of
+    known methods, places that ``check_place`` accepts, and seeds in numpy's range."""
+    if set(group) != {places, "methods", "seeds"}:
+        raise StudyError(f"{where}: needs exactly the keys {places}, methods, seeds; got {', '.join(sorted(group))}")
+    for key in (places, "methods", "seeds"):
+        if not isinstance(group[key], list) or not group[key]:
+            raise StudyError(f"{where}: {key} must be a non-empty list")
+    for method in group["methods"]:
+        if method not in METHODS:
+            raise StudyError(f"{where}: unknown method {method!r}; valid: {', '.join(METHODS)}")
+    for place in group[places]:
+        check_place(place)
+    for seed in group["seeds"]:
+        if not fits(seed, int) or not 0 <= seed < 2**32:
+            raise StudyError(f"{where}: seed {seed!r} is not an integer in [0, 2**32)")
+
+
+def check_budgeted_scenario(env, budgets: dict, where: str) -> None:
+    if env not in budgets:
+        try:
+            check_scenario(env)
+        except (ValueError, TypeError) as error:
+            raise StudyError(f"{where}: {error}") from None
+        raise StudyError(f"{where}: scenario '{env}' has no budget in [budgets]")
+
+
+def check_budgeted_model(model, budgets: dict, where: str) -> None:
+    if model not in budgets:
+        raise StudyError(f"{where}: model '{model}' has no budget (epochs) in [budgets]")
 
 
 def parse_resources(spec: dict, path: str, cpus: float | None, gpus: float | None) -> tuple[float, float]:
@@ -283,9 +304,6 @@ def parse_classifier_study(spec: dict, path: str, name: str, cpus: float | None,
         raise StudyError(f"{path}: [classifier] needs exactly data = \"FOLDER\" (the data folder of every run)")
     data = str((Path(path).parent / settings["data"]).resolve()) if not Path(settings["data"]).is_absolute() \
         else settings["data"]
-    for key in ("budgets", "runs"):
-        if key not in spec:
-            raise StudyError(f"{path}: missing [{key}]" if key == "budgets" else f"{path}: missing [[runs]]")
     hints = field_hints(camal_classifier.Args)
     budgets = table(spec["budgets"], f"{path}: [budgets]")
     for model, epochs in budgets.items():
@@ -295,11 +313,7 @@ def parse_classifier_study(spec: dict, path: str, name: str, cpus: float | None,
             raise StudyError(f"{path}: [budgets] {model} = {epochs!r}; a classifier's budget is a number of epochs > 0")
     common = as_flags(table(spec.get("flags", {}), f"{path}: [flags]"), hints, CLASSIFIER_RUNNER_FLAGS,
                       f"{path}: [flags]")
-    method_flags = table(spec.get("method_flags", {}), f"{path}: [method_flags]")
-    for method, flags in method_flags.items():
-        if method not in METHODS:
-            raise StudyError(f"{path}: [method_flags.{method}]: unknown method; valid: {', '.join(METHODS)}")
-        table(flags, f"{path}: [method_flags.{method}]")
+    method_flags = check_method_flags(spec, path)
     eval_flags = tuple(as_flags(table(spec.get("eval", {}), f"{path}: [eval]"), field_hints(classifier_eval.Args),
                                 CLASSIFIER_EVAL_RUNNER_FLAGS, f"{path}: [eval]"))
     cpus, gpus = parse_resources(spec, path, cpus, gpus)
@@ -310,20 +324,7 @@ def parse_classifier_study(spec: dict, path: str, name: str, cpus: float | None,
     for i, group in enumerate(groups, 1):
         where = f"{path}: [[runs]] #{i}"
         group = table(group, where)
-        if set(group) != {"models", "methods", "seeds"}:
-            raise StudyError(f"{where}: needs exactly the keys models, methods, seeds; got {', '.join(sorted(group))}")
-        for key in ("models", "methods", "seeds"):
-            if not isinstance(group[key], list) or not group[key]:
-                raise StudyError(f"{where}: {key} must be a non-empty list")
-        for method in group["methods"]:
-            if method not in METHODS:
-                raise StudyError(f"{where}: unknown method {method!r}; valid: {', '.join(METHODS)}")
-        for model in group["models"]:
-            if model not in budgets:
-                raise StudyError(f"{where}: model '{model}' has no budget (epochs) in [budgets]")
-        for seed in group["seeds"]:
-            if not fits(seed, int) or not 0 <= seed < 2**32:
-                raise StudyError(f"{where}: seed {seed!r} is not an integer in [0, 2**32)")
+        check_group(group, where, "models", lambda model: check_budgeted_model(model, budgets, where))
         for model in group["models"]:
             for method in group["methods"]:
                 flags = tuple(common + as_flags(method_flags.get(method, {}), hints, CLASSIFIER_RUNNER_FLAGS,
