@@ -129,7 +129,7 @@ def test_the_committed_results_pages_are_the_reports_output():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("study", ["basic_eval50"])
+@pytest.mark.parametrize("study", ["basic_eval50", "paper_dl"])
 def test_the_committed_sections_of_other_studies_are_the_reports_output(study):
     checked = run_report(f"results/{study}", "--check", "docs/results.md", cwd=ROOT)
     assert checked.returncode == 0, checked.stderr
