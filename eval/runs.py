@@ -91,6 +91,9 @@ class Run:
     """RL or CLASSIFIER"""
     splits: tuple[str, ...] = ()
     """a classifier run's evaluated splits, in classifier_eval.json's order"""
+    undefined: frozenset[str] = frozenset()
+    """metrics its evaluation files hold as NaN (e.g. alignment where every map is all zero), left out of
+    ``evaluation``"""
 
 
 def paradigm_of(config: dict) -> str:
@@ -132,8 +135,10 @@ def read_episodic_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array([e.step for e in events], np.int64), np.array([e.value for e in events], np.float64)
 
 
-def read_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default) -> dict[str, float]:
-    """The finite per-run means (key ``"means"``) of an attention_eval.json or shift_eval.json."""
+def read_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default
+                    ) -> tuple[dict[str, float], frozenset[str]]:
+    """The finite per-run means (key ``"means"``) of an attention_eval.json or shift_eval.json, and the names of
+    those that are not finite."""
     try:
         means = json.loads(path.read_text())["means"]
         values = {k: float(v) for k, v in means.items() if v is not None}
@@ -143,13 +148,13 @@ def read_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default) -
     undefined = sorted(k for k, v in values.items() if not np.isfinite(v))
     if undefined:
         warn(f"{path} has no value for {', '.join(undefined)}; left out")
-    return {k: v for k, v in values.items() if np.isfinite(v)}
+    return {k: v for k, v in values.items() if np.isfinite(v)}, frozenset(undefined)
 
 
 def read_classifier_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default
-                               ) -> tuple[dict[str, float], tuple[str, ...], dict]:
-    """The finite metrics of a classifier_eval.json as ``SPLIT_metric`` keys, its splits, and the run it names
-    (its keys model, method and seed that it has)."""
+                               ) -> tuple[dict[str, float], frozenset[str], tuple[str, ...], dict]:
+    """The finite metrics of a classifier_eval.json as ``SPLIT_metric`` keys, the names of those that are not
+    finite, its splits, and the run it names (its keys model, method and seed that it has)."""
     try:
         evaluated = json.loads(path.read_text())
         splits = evaluated["splits"]
@@ -162,7 +167,7 @@ def read_classifier_evaluation(path: Path, warn: Callable[[str], None] = warn_by
     if undefined:
         warn(f"{path} has no value for {', '.join(undefined)}; left out")
     named = {key: evaluated[key] for key in ("model", "method", "seed") if key in evaluated}
-    return {k: v for k, v in values.items() if np.isfinite(v)}, tuple(splits), named
+    return {k: v for k, v in values.items() if np.isfinite(v)}, frozenset(undefined), tuple(splits), named
 
 
 def classifier_epochs_done(run_dir: Path) -> int:
@@ -186,9 +191,9 @@ def load_classifier_run(run_dir: Path, config: dict, warn: Callable[[str], None]
         raise SkippedRun(f"no epoch in {CURVES} (a refused, crashed or just started run)")
     if done < epochs and not unfinished:
         raise SkippedRun(f"unfinished: {done} of {epochs} epochs in {CURVES}")
-    evaluation, splits = {}, ()
+    evaluation, undefined, splits = {}, frozenset(), ()
     if (run_dir / CLASSIFIER_EVAL).is_file():
-        evaluation, splits, named = read_classifier_evaluation(run_dir / CLASSIFIER_EVAL, warn)
+        evaluation, undefined, splits, named = read_classifier_evaluation(run_dir / CLASSIFIER_EVAL, warn)
         different = [key for key, value in named.items() if value != config[key]]
         if different:
             raise InputError(f"{run_dir / CLASSIFIER_EVAL} is not this run's: its "
@@ -197,7 +202,8 @@ def load_classifier_run(run_dir: Path, config: dict, warn: Callable[[str], None]
     elif not unfinished:
         raise NotEvaluated(f"not evaluated: no {CLASSIFIER_EVAL} (python eval/classifier.py {run_dir})")
     return Run(run_dir, str(config["model"]), str(config["method"]), int(config["seed"]), epochs,
-               np.zeros(0, np.int64), np.zeros(0), evaluation, paradigm=CLASSIFIER, splits=splits)
+               np.zeros(0, np.int64), np.zeros(0), evaluation, paradigm=CLASSIFIER, splits=splits,
+               undefined=undefined)
 
 
 def read_run_config(run_dir: Path) -> dict:
@@ -223,12 +229,14 @@ def load_run(run_dir: Path, final_fraction: float = 0.1, warn: Callable[[str], N
         raise SkippedRun(f"no '{RETURN_TAG}' scalars (a refused, crashed or just started run)")
     if steps[-1] < (1 - final_fraction) * int(config["total_timesteps"]):
         raise SkippedRun(f"unfinished: episodes logged up to step {steps[-1]} of {config['total_timesteps']}")
-    evaluation = {}
+    evaluation, undefined = {}, frozenset()
     for name in EVALUATION_FILES:
         if (run_dir / name).exists():
-            evaluation.update(read_evaluation(run_dir / name, warn))
+            finite, not_finite = read_evaluation(run_dir / name, warn)
+            evaluation.update(finite)
+            undefined |= not_finite
     return Run(run_dir, str(config["env"]), str(config["method"]), int(config["seed"]),
-               int(config["total_timesteps"]), steps, returns, evaluation)
+               int(config["total_timesteps"]), steps, returns, evaluation, undefined=undefined)
 
 
 def normalisation_file(path: str | None) -> dict[str, dict]:

@@ -220,6 +220,12 @@ def metric_table(runs: list[Run], values: dict, scenarios: list[str], methods: l
     return lines
 
 
+VERDICT_WORDS = (
+    "\"leaning reversed\": the observed difference is the opposite of the claim's; \"not run\": one of the two "
+    "methods has no run there; \"not evaluated\": their runs there lack the metric; \"undefined for M\": M's "
+    "runs there have no value of it (an alignment metric of maps that are all zero on every frame).")
+
+
 def verdict(runs: list[Run], values: dict, metric: str, other: str, direction: str, scenarios: list[str],
             options: Options, paired: bool = False, relative: bool = False) -> str:
     """The claim's verdict over ``scenarios``: on one, Welch's t-test (``paired``: the paired t-test over the
@@ -229,7 +235,13 @@ def verdict(runs: list[Run], values: dict, metric: str, other: str, direction: s
     y = samples(runs, values, metric, other, scenarios)
     if not any(len(a) and len(b) for a, b in zip(x, y)):
         both_ran = any({options.reference, other} <= {r.method for r in runs if r.env == env} for env in scenarios)
-        return "not evaluated" if both_ran else "not run"
+        if not both_ran:
+            return "not run"
+        undefined = [m for m in (options.reference, other)
+                     if any(r.method == m and r.env in scenarios and metric in r.undefined for r in runs)]
+        if undefined:  # e.g. an alignment metric of runs whose every map is all zero (docs/method.md s.5)
+            return f"undefined for {' and '.join(undefined)}: no frame with a non-zero map"
+        return "not evaluated"
     one_paired = paired and len(scenarios) == 1
     if one_paired:
         x, y = map(lambda a: [a], paired_samples(runs, values, metric, options.reference, other, scenarios[0]))
@@ -344,9 +356,7 @@ def study_report(runs: list[Run], options: Options, figures_link: str) -> Report
                          + metric_section(across_runs, values, across_scenarios, methods, True, options)))
     claims_introduction = (
         f"Verdict of the test in the claimed direction at alpha {options.alpha}; \"not settled\" gives the seeds "
-        "per method that the observed difference would need for 80% power; \"leaning reversed\": the observed "
-        "difference is the opposite of the claim's; \"not run\": one of the two methods has no run there; \"not "
-        "evaluated\": their runs there lack the metric."
+        "per method that the observed difference would need for 80% power; " + VERDICT_WORDS
         + (f" The last column: {in_progress[0].lower()}{in_progress[1:]}" if in_progress else ""))
     claims = []
     for claim, metric, other, direction in CLAIMS:
@@ -454,8 +464,7 @@ def classifier_report(runs: list[Run], options: Options, figures_link: str) -> R
         f"Verdict of the test in the claimed direction at alpha {options.alpha}: per architecture the paired t-test "
         "over the seeds both methods ran, across architectures the stratified permutation test; \"not settled\" "
         "gives, per architecture, the seeds (pairs) that the observed mean difference would need for 80% power; "
-        "\"leaning reversed\": the observed difference is the opposite of the claim's; \"not run\": one of the two "
-        "methods has no run there; \"not evaluated\": their runs there lack the metric. \"relative\": the "
+        + VERDICT_WORDS + " \"relative\": the "
         f"difference of the means over the other method's mean, (mean {options.reference} - mean other) / |mean "
         "other|. Alignment and faithfulness are read on test_balanced (every class on every background, so a "
         "background shortcut does not pay); the inference cost is the forward pass's images/s on val, measured "

@@ -299,3 +299,19 @@ def test_the_controls_claims_read_not_run_or_not_evaluated_until_their_records_e
     basic_table = text.split("#### basic")[1].split("####")[0]
     gain = next(line for line in basic_table.splitlines() if line.startswith("| occlusion drop, dilated target"))
     assert gain.split(" | ")[2].startswith("0.310 [")  # CAMAL's gains 0.29 ... 0.33: their IQM, the middle three
+
+
+def test_a_claim_whose_control_has_only_all_zero_maps_reads_undefined_not_unevaluated(tmp_path):
+    """Entropy runs whose every Grad-CAM is all zero have NaN alignment: the cell says so, instead of
+    "not evaluated" (the metric was computed; it has no value)."""
+    results = fake_study(tmp_path)
+    for seed in SEEDS:
+        write_record(results / f"basic__entropy__{seed}", "basic", "entropy", seed, 50.0,
+                     dict(relevance_mass=float("nan"), relevance_mass_chance=float("nan"), deletion_auc=0.5,
+                          deletion_auc_random=0.5), dict(shift_return_ratio=0.8))
+    with pytest.warns(UserWarning, match="has no value for relevance_mass"):
+        runs = load_runs(results)
+    verdicts = claim_verdicts("\n".join(tables.results_block(runs, tables.Options(reps=200), "f")))
+    basic, center, across = verdicts["alignment needs a mask-specific loss (vs the entropy regulariser)"]
+    assert basic == across == "undefined for entropy: no frame with a non-zero map"
+    assert center == "not run"
