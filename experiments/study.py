@@ -82,8 +82,12 @@ class Args:
     """run only the study's runs of these methods, e.g. --methods vanilla camal (None: all of them)"""
     seeds: list[int] | None = None
     """run only the study's runs of these seeds, e.g. --seeds 1 (None: all of them)"""
+    records: str | None = None
+    """folder of the study's run records (eval/record.py's results/STUDY): a run with a record there of the
+    study's budget counts as done, so a study goes on from its committed records on a machine without its run
+    folders; None: only run folders count"""
     dry_run: bool = False
-    """list the runs and their state (done / partial / new) and exit, without Ray"""
+    """list the runs and their state (done / recorded / partial / new) and exit, without Ray"""
 
 
 class StudyError(ValueError):
@@ -388,6 +392,26 @@ def run_state(root: Path, run: Run) -> tuple[str, Path | None, int]:
     return "partial", folder, step
 
 
+def recorded(records: Path, run: Run) -> bool:
+    """Whether the folder of run records holds one of this run (its name, then __TIME) with the study's budget."""
+    for config in records.glob(f"{run.name}__*/{run_folder.CONFIG}"):
+        budget = json.loads(config.read_text()).get("total_timesteps" if run.data is None else "epochs")
+        if budget == run.budget:
+            return True
+    return False
+
+
+def study_states(study: Study, results_dir: Path, records: Path | None) -> dict[str, tuple[str, int]]:
+    """(state, trained steps) of every run: its run folder's state, or recorded when it has none and a record."""
+    states = {}
+    for run in study.runs:
+        state, _, step = run_state(results_dir / run.name, run)
+        if state == "new" and records is not None and recorded(records, run):
+            state, step = "recorded", run.final_step
+        states[run.name] = state, step
+    return states
+
+
 # ---------------------------------------------------------------- a run, on a Ray worker
 
 
@@ -642,13 +666,15 @@ def start_order(runs: list[Run], states: dict[str, str]) -> list[Run]:
     return sorted(unfinished, key=lambda run: (states[run.name] != "partial", seeds.index(run.seed)))
 
 
-def run_study(args: Args, study: Study, results_dir: Path) -> int:
+def run_study(args: Args, study: Study, results_dir: Path, records: Path | None) -> int:
     """Run every unfinished run of the study on Ray; the exit code (0: all done)."""
-    states = {run.name: run_state(results_dir / run.name, run)[0] for run in study.runs}
+    states = {name: "done" if state == "recorded" else state
+              for name, (state, _) in study_states(study, results_dir, records).items()}
     todo = start_order(study.runs, states)
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "new")}
-    print(f"study {study.name}: {len(study.runs)} runs in {results_dir}: {counts['done']} done, "
-          f"{counts['partial']} to resume, {counts['new']} to start", flush=True)
+    print(f"study {study.name}: {len(study.runs)} runs in {results_dir}: {counts['done']} done"
+          + (f" (or recorded in {records})" if records is not None else "")
+          + f", {counts['partial']} to resume, {counts['new']} to start", flush=True)
     if not todo:
         return 0
     ray = start_ray(args)
@@ -715,9 +741,14 @@ def main(args: Args) -> None:
         if args.num_cpus is not None and args.num_cpus < 1:
             raise StudyError(f"--num-cpus must be >= 1, got {args.num_cpus}")
         results_dir = Path(args.results_dir or ROOT / "runs" / study.name).resolve()
+        records = None if args.records is None else Path(args.records).resolve()
+        if records is not None and not records.is_dir():
+            raise StudyError(f"--records {args.records}: no such folder (eval/record.py writes a study's records, "
+                             f"e.g. results/{study.name})")
         if args.dry_run:
+            states = study_states(study, results_dir, records)
             for run in study.runs:
-                state, _, step = run_state(results_dir / run.name, run)
+                state, step = states[run.name]
                 print(f"{run.name:<40} {run.budget:>9} {run.unit}  {state} ({step} trained)")
             return
         data = {run.data for run in study.runs} - {None}
@@ -730,7 +761,7 @@ def main(args: Args) -> None:
             check_address(args.address)
         check_results_dir(results_dir)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
-        sys.exit(run_study(args, study, results_dir))
+        sys.exit(run_study(args, study, results_dir, records))
     except StudyError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:

@@ -1,7 +1,10 @@
 """The study runner on a real Ray: a 2-node cluster on this machine, a run's worker killed mid-run,
 the study run again; and its refusals of bad input."""
 
+import dataclasses
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -243,3 +246,26 @@ def test_unreachable_address_and_unwritable_results_dir_are_refused(tmp_path):
 def test_training_alone_does_not_import_ray():
     code = "import sys, agents.ppo_camal; sys.exit('ray' in sys.modules)"
     assert run_python("-c", code).returncode == 0
+
+
+def test_runs_with_a_record_of_the_studys_budget_count_as_done_on_a_machine_without_their_folders(tmp_path, capsys):
+    """--records: the committed records of results/paper_dl stand for runs whose folders are gone; a record of
+    another budget does not, and a missing records folder is refused before anything is written."""
+    records = tmp_path / "records"
+    shutil.copytree(ROOT / "results" / "paper_dl" / "resnet_mini__vanilla__1__1796237321",
+                    records / "resnet_mini__vanilla__1__1796237321")
+    other_budget = records / "vit_mini__vanilla__1__1796238436"
+    shutil.copytree(ROOT / "results" / "paper_dl" / other_budget.name, other_budget)
+    config = json.loads((other_budget / "config.json").read_text())
+    (other_budget / "config.json").write_text(json.dumps({**config, "epochs": 5}))
+    args = study.Args(str(ROOT / "experiments" / "paper_dl.toml"), results_dir=str(tmp_path / "runs"),
+                      records=str(records), dry_run=True, scenarios=["resnet_mini", "vit_mini"],
+                      methods=["vanilla"], seeds=[1, 2])
+    study.main(args)
+    states = {line.split()[0]: line.split()[3] for line in capsys.readouterr().out.splitlines()}
+    assert states == {"resnet_mini__vanilla__1": "recorded", "resnet_mini__vanilla__2": "new",
+                      "vit_mini__vanilla__1": "new", "vit_mini__vanilla__2": "new"}
+    with pytest.raises(SystemExit) as refused:
+        study.main(dataclasses.replace(args, records=str(tmp_path / "nowhere"), dry_run=False))
+    assert str(refused.value.code).startswith("error: --records ") and "no such folder" in str(refused.value.code)
+    assert not (tmp_path / "runs").exists()
