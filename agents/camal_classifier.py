@@ -43,6 +43,7 @@ from vision.folder import FolderError, ImageMaskFolder, splits_of
 # lambda of each attention loss when --camal-coef is not given (docs/vision.md: choice of lambda)
 DEFAULT_CLASSIFIER_COEF = {"none": 0.0, "camal": 1.0, "rrr": 1.0, "entropy": 1.0}
 TRAIN_SPLIT = "train"
+VAL_SPLIT = "val"
 
 
 @dataclass
@@ -83,9 +84,13 @@ class Args:
     """folder that holds the run folders"""
     resume: str | None = None
     """continue the run in this run folder; flags given with it must not change the run, except --epochs
-    (train longer) and --cuda"""
+    (train longer), --cuda and the logging flags --test-every and --image-every"""
     image_every: int = 1
     """log val images with the attention map and the mask outline every this many epochs (0: never)"""
+    test_every: int = 1
+    """score the held-out splits other than val (accuracy and relevance mass in curves.csv) every this many
+    epochs and at the last (0: at the last only); val is scored every epoch. Scoring does not change training,
+    and the evaluation proper is eval/classifier.py's"""
 
     # filled in at runtime
     method: tyro.conf.Suppress[str] = ""
@@ -96,7 +101,7 @@ class Args:
     """(set at runtime) (h, w) of the Grad-CAM layer at --image-size"""
 
 
-RESUME_CHANGEABLE = ("epochs", "cuda")
+RESUME_CHANGEABLE = ("epochs", "cuda", "test_every", "image_every")
 
 
 def check_args(args: Args, data_needed: bool = True) -> None:
@@ -110,6 +115,8 @@ def check_args(args: Args, data_needed: bool = True) -> None:
         raise ValueError(f"--camal-coef must be >= 0, got {args.camal_coef}")
     if args.image_every < 0:
         raise ValueError(f"--image-every must be >= 0, got {args.image_every}")
+    if args.test_every < 0:
+        raise ValueError(f"--test-every must be >= 0, got {args.test_every}")
     models.check_name(args.model)
     models.check_image_size(args.model, args.image_size)
     if args.weights is not None:
@@ -279,10 +286,11 @@ def train(args: Args, run_dir: Path, classifier: models.Classifier, splits: dict
                 row[f"train_{name}"] = sums[name] / sums["images"] if measured else float("nan")
             row["train_accuracy"] = sums["correct"] / sums["images"] if sums["images"] else float("nan")
             classifier.eval()
+            score_tests = epoch + 1 == args.epochs or (args.test_every and (epoch + 1) % args.test_every == 0)
             for name, split in splits.items():
-                if name != TRAIN_SPLIT:
-                    row |= score_split(classifier, split, name, device, precision, writer, images_seen,
-                                       show=args.image_every and (epoch + 1) % args.image_every == 0 and name == "val")
+                if name == VAL_SPLIT or (name != TRAIN_SPLIT and score_tests):
+                    show = args.image_every and (epoch + 1) % args.image_every == 0 and name == VAL_SPLIT
+                    row |= score_split(classifier, split, name, device, precision, writer, images_seen, show)
             for key, value in row.items():
                 if key not in ("epoch", "images_seen"):
                     writer.add_scalar(f"epoch/{key}", value, images_seen)

@@ -97,6 +97,22 @@ def test_resuming_after_epoch_one_gives_the_run_trained_in_one_go(data, tmp_path
 
 
 @pytest.mark.slow
+def test_test_every_scores_the_held_out_splits_every_n_epochs_and_at_the_last_and_does_not_change_training(
+        data, tmp_path):
+    every = train(data, tmp_path / "a", "--epochs", "3")
+    sparse = train(data, tmp_path / "b", "--epochs", "3", "--test-every", "2")
+    dense_rows, sparse_rows = run_folder.read_curves(every), run_folder.read_curves(sparse)
+    assert [np.isfinite(row["test_balanced_accuracy"]) for row in sparse_rows] == [False, True, True]
+    assert all(np.isfinite(row["val_accuracy"]) for row in sparse_rows)
+    for dense_row, sparse_row in zip(dense_rows, sparse_rows):
+        assert dense_row["val_accuracy"] == sparse_row["val_accuracy"]
+        assert dense_row["train_loss"] == sparse_row["train_loss"]
+    a = run_folder.load_classifier_checkpoint(every)["model"]
+    b = run_folder.load_classifier_checkpoint(sparse)["model"]
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.slow
 def test_sigterm_stops_with_a_checkpoint_and_exit_143_then_resume_finishes(data, tmp_path):
     cmd = [sys.executable, str(ROOT / "agents/camal_classifier.py"), "--data", str(data), "--runs-dir",
            str(tmp_path), *TINY, "--epochs", "200"]
@@ -122,6 +138,7 @@ def test_sigterm_stops_with_a_checkpoint_and_exit_143_then_resume_finishes(data,
     (["--image-size", "40", "--model", "maxvit_mini"], "maxvit_mini"),
     (["--learning-rate", "-1"], "--learning-rate must be > 0"),
     (["--camal-coef", "nan"], "finite"),
+    (["--test-every", "-1"], "--test-every must be >= 0"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys, flags, message):
     from agents.camal_classifier import parse_args
