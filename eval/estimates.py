@@ -150,12 +150,18 @@ def evaluation_names(runs: list[Run]) -> list[str]:
     return [n for n in names if n not in evidence] + evidence
 
 
-def evaluation_rows(runs: list[Run], options: Options) -> list[dict]:
+def evaluation_rows(runs: list[Run], options: Options, notes: list[str]) -> list[dict]:
     """Per-run metrics of attention_eval.json / shift_eval.json, aggregated like the scores (not normalised),
-    each over the runs that have it."""
+    each over the runs that have it; a method whose runs have it undefined on some seeds (Run.undefined) is
+    left out of that metric's estimates, with a note, so that the others keep equal seeds."""
     rows = []
     for name in evaluation_names(runs):
         evaluated = [r for r in runs if name in r.evaluation]
+        undefined = [r for r in runs if name in r.undefined]
+        for method in ordered_methods({r.method for r in undefined}, options.baseline):
+            seeds = ", ".join(f"{short_name(r.env)} seed {r.seed}" for r in undefined if r.method == method)
+            notes.append(f"{name}: '{method}' left out of its estimates (undefined for {seeds})")
+        evaluated = [r for r in evaluated if r.method not in {u.method for u in undefined}]
         rows += [dict(quantity=name, metric="run", method=r.method, scenario=r.env, seed=r.seed,
                       point=r.evaluation[name]) for r in evaluated]
         matrices, _ = score_matrices(evaluated, lambda r: np.float64(r.evaluation[name]),
@@ -202,7 +208,7 @@ def aggregate_runs(runs: list[Run], options: Options) -> Aggregate:
     curves, xlabel = curve_rows(runs, options, notes)
     rows += curves
     if options.attention:
-        rows += evaluation_rows(runs, options)
+        rows += evaluation_rows(runs, options, notes)
     scenarios = sorted({r.env for r in runs})
     seeds = len([r for r in runs if r.method == runs[0].method and r.env == runs[0].env])
     methods = ordered_methods((r.method for r in runs), options.baseline)

@@ -467,7 +467,7 @@ def test_steps_to_a_return_is_the_first_step_where_the_moving_mean_reaches_it():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
-    (["--methods", "camall"], "results/paper has no method 'camall'; its methods: camal, camal-random, entropy, rrr, vanilla"),
+    (["--methods", "camall"], "results/paper has no method 'camall'; its methods: camal, camal-random, camal-uniform, entropy, rrr, vanilla"),
     (["--seeds", "9"], "results/paper has no seed 9; its seeds: 1, 2, 3, 4, 5"),
     (["--scenarios", "defend_the_line", "--methods", "rrr"],  # the study runs RRR on basic and defend_the_center
      "no run of results/paper has one of the --scenarios, one of the --methods"),

@@ -315,3 +315,22 @@ def test_a_claim_whose_control_has_only_all_zero_maps_reads_undefined_not_uneval
     basic, center, across = verdicts["alignment needs a mask-specific loss (vs the entropy regulariser)"]
     assert basic == across == "undefined for entropy: no frame with a non-zero map"
     assert center == "not run"
+
+
+def test_a_method_with_a_metric_undefined_on_one_seed_is_left_out_of_that_metrics_estimates_only(tmp_path):
+    """A control whose seed 1 never scored above 0 has no return ratio under the shift (NaN): the stratified
+    bootstrap of that metric leaves the method out, with a note; its other metrics and the others' stay."""
+    from eval import estimates
+
+    results = fake_study(tmp_path)
+    for seed in SEEDS:
+        ratio = float("nan") if seed == 1 else 0.8
+        write_record(results / f"basic__camal-uniform__{seed}", "basic", "camal-uniform", seed, 50.0,
+                     dict(relevance_mass=0.1, relevance_mass_chance=0.05), dict(shift_return_ratio=ratio))
+    with pytest.warns(UserWarning, match="has no value for shift_return_ratio"):
+        runs = [r for r in load_runs(results) if r.env == "basic"]
+    aggregate = estimates.aggregate_runs(runs, estimates.Options(reps=200))
+    assert "shift_return_ratio: 'camal-uniform' left out of its estimates (undefined for basic seed 1)" in aggregate.notes
+    estimated = {(row["quantity"], row["method"]) for row in aggregate.rows if row.get("metric") == "IQM"}
+    assert ("shift_return_ratio", "vanilla") in estimated and ("shift_return_ratio", "camal-uniform") not in estimated
+    assert ("relevance_mass", "camal-uniform") in estimated
