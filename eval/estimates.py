@@ -156,12 +156,12 @@ def evaluation_rows(runs: list[Run], options: Options, notes: list[str]) -> list
     left out of that metric's estimates, with a note, so that the others keep equal seeds."""
     rows = []
     for name in evaluation_names(runs):
-        evaluated = [r for r in runs if name in r.evaluation]
         undefined = [r for r in runs if name in r.undefined]
-        for method in ordered_methods({r.method for r in undefined}, options.baseline):
+        left_out = {r.method for r in undefined}
+        for method in ordered_methods(left_out, options.baseline):
             seeds = ", ".join(f"{short_name(r.env)} seed {r.seed}" for r in undefined if r.method == method)
             notes.append(f"{name}: '{method}' left out of its estimates (undefined for {seeds})")
-        evaluated = [r for r in evaluated if r.method not in {u.method for u in undefined}]
+        evaluated = [r for r in runs if name in r.evaluation and r.method not in left_out]
         rows += [dict(quantity=name, metric="run", method=r.method, scenario=r.env, seed=r.seed,
                       point=r.evaluation[name]) for r in evaluated]
         matrices, _ = score_matrices(evaluated, lambda r: np.float64(r.evaluation[name]),

@@ -135,6 +135,16 @@ def read_episodic_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array([e.step for e in events], np.int64), np.array([e.value for e in events], np.float64)
 
 
+def split_finite(values: dict[str, float], path: Path, warn: Callable[[str], None]
+                 ) -> tuple[dict[str, float], frozenset[str]]:
+    """The finite values, and the names of the others (NaN or inf: e.g. no frame with a target, or only all-zero
+    maps), of which ``warn`` is told: such a run has no value of them to aggregate."""
+    undefined = sorted(k for k, v in values.items() if not np.isfinite(v))
+    if undefined:
+        warn(f"{path} has no value for {', '.join(undefined)}; left out")
+    return {k: v for k, v in values.items() if np.isfinite(v)}, frozenset(undefined)
+
+
 def read_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default
                     ) -> tuple[dict[str, float], frozenset[str]]:
     """The finite per-run means (key ``"means"``) of an attention_eval.json or shift_eval.json, and the names of
@@ -145,10 +155,7 @@ def read_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise InputError(f"cannot read the per-run means ('means') of {path}: {error!r}")
     # NaN (or null): e.g. no frame with a target, or only all-zero maps; such a run has no value to aggregate
-    undefined = sorted(k for k, v in values.items() if not np.isfinite(v))
-    if undefined:
-        warn(f"{path} has no value for {', '.join(undefined)}; left out")
-    return {k: v for k, v in values.items() if np.isfinite(v)}, frozenset(undefined)
+    return split_finite(values, path, warn)
 
 
 def read_classifier_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default
@@ -163,11 +170,9 @@ def read_classifier_evaluation(path: Path, warn: Callable[[str], None] = warn_by
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise InputError(f"cannot read the per-split metrics ('splits': {{SPLIT: {{metric: value}}}}) of {path}: "
                          f"{error!r}")
-    undefined = sorted(k for k, v in values.items() if not np.isfinite(v))
-    if undefined:
-        warn(f"{path} has no value for {', '.join(undefined)}; left out")
+    finite, undefined = split_finite(values, path, warn)
     named = {key: evaluated[key] for key in ("model", "method", "seed") if key in evaluated}
-    return {k: v for k, v in values.items() if np.isfinite(v)}, frozenset(undefined), tuple(splits), named
+    return finite, undefined, tuple(splits), named
 
 
 def classifier_epochs_done(run_dir: Path) -> int:

@@ -117,6 +117,11 @@ class Run:
         return f"{short_name(self.env)}__{self.method}__{self.seed}"  # a .cfg path gives its file name
 
     @property
+    def budget_key(self) -> str:
+        """the key of the budget in a run's config.json"""
+        return "total_timesteps" if self.data is None else "epochs"
+
+    @property
     def final_step(self) -> int:
         """the trainer stops after budget // batch_size whole updates"""
         return self.budget // self.batch_size * self.batch_size
@@ -377,7 +382,7 @@ def run_state(root: Path, run: Run) -> tuple[str, Path | None, int]:
     if len(folders) > 1:
         return f"conflict: {len(folders)} run folders with a checkpoint in {root}; keep one", None, 0
     folder = folders[0]
-    budget = json.loads((folder / run_folder.CONFIG).read_text()).get("total_timesteps" if run.data is None else "epochs")
+    budget = json.loads((folder / run_folder.CONFIG).read_text()).get(run.budget_key)
     if budget != run.budget:
         return (f"conflict: {folder} was started with a budget of {budget} {run.unit}, the study says {run.budget}; "
                 "move the folder away to train it again", folder, 0)
@@ -395,7 +400,7 @@ def run_state(root: Path, run: Run) -> tuple[str, Path | None, int]:
 def recorded(records: Path, run: Run) -> bool:
     """Whether the folder of run records holds one of this run (its name, then __TIME) with the study's budget."""
     for config in records.glob(f"{run.name}__*/{run_folder.CONFIG}"):
-        budget = json.loads(config.read_text()).get("total_timesteps" if run.data is None else "epochs")
+        budget = json.loads(config.read_text()).get(run.budget_key)
         if budget == run.budget:
             return True
     return False
