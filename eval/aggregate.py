@@ -62,7 +62,6 @@ import tyro
 
 from eval import estimates, plots, selection
 from eval.runs import CLASSIFIER, InputError, check_output_folder, load_runs, ordered_methods
-from eval.runs import SkippedRun, find_run_dirs, load_run  # noqa: F401  (eval/reach.py imports them from here)
 
 
 @dataclass

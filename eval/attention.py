@@ -37,7 +37,7 @@ from agents.network import Agent
 from agents.run_folder import CHECKPOINT, CONFIG
 from envs import check_scenario, make_env
 from masks import mask_outline
-from eval.metrics import (chance_levels, deletion_insertion, dilate_to_cells, occlusion_drop, pointing_game,
+from eval.metrics import (ALIGNMENT, chance_levels, deletion_insertion, dilate_to_cells, occlusion_drop, pointing_game,
                           relevance_mass, relevance_rank, zero_maps)
 
 RESULT_FILE = "attention_eval.json"
@@ -320,7 +320,6 @@ def evaluate(agent: Agent, frames: Frames, steps: int, batch_size: int, seed: in
     )
 
 
-ALIGNMENT = ("relevance_mass", "relevance_rank", "pointing_game")
 FAITHFULNESS = ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random",
                 "occlusion_drop", "occlusion_drop_random", "occlusion_drop_dilated", "occlusion_drop_dilated_random")
 

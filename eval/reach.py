@@ -18,7 +18,7 @@ import numpy as np
 import tyro
 
 from eval import selection
-from eval.aggregate import SkippedRun, find_run_dirs, load_run
+from eval.runs import SkippedRun, find_run_dirs, load_run
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eval.metrics import ALIGNMENT
 from eval.runs import CLASSIFIER, RL, InputError, Run, final_return, normalise, ordered_methods
 from eval.stats import (iqm_interval, paired_p_value, pairs_for_power, seeds_for_power, stratified_permutation_p,
                         welch_p_value)
@@ -220,6 +221,14 @@ def metric_table(runs: list[Run], values: dict, scenarios: list[str], methods: l
     return lines
 
 
+def undefined_reason(metric: str) -> str:
+    """Why a metric has no value on a run: alignment is NaN where every map is all zero (docs/method.md s.5);
+    any other metric (e.g. a return ratio over a return of 0) is named only as NaN."""
+    if any(metric == name or metric.endswith("_" + name) for name in ALIGNMENT):
+        return "no frame with a non-zero map"
+    return "NaN on every run"
+
+
 VERDICT_WORDS = (
     "\"leaning reversed\": the observed difference is the opposite of the claim's; \"not run\": one of the two "
     "methods has no run there; \"not evaluated\": their runs there lack the metric; \"undefined for M\": M's "
@@ -239,8 +248,8 @@ def verdict(runs: list[Run], values: dict, metric: str, other: str, direction: s
             return "not run"
         undefined = [m for m in (options.reference, other)
                      if any(r.method == m and r.env in scenarios and metric in r.undefined for r in runs)]
-        if undefined:  # e.g. an alignment metric of runs whose every map is all zero (docs/method.md s.5)
-            return f"undefined for {' and '.join(undefined)}: no frame with a non-zero map"
+        if undefined:
+            return f"undefined for {' and '.join(undefined)}: {undefined_reason(metric)}"
         return "not evaluated"
     one_paired = paired and len(scenarios) == 1
     if one_paired:

@@ -1,6 +1,5 @@
 """eval/paired_frames.py: two methods evaluated on the same pooled frames, compared seed by seed."""
 
-import dataclasses
 import json
 
 import pytest

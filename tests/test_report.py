@@ -45,7 +45,7 @@ def run_report(*flags, cwd):
 
 @pytest.mark.slow
 def test_report_writes_the_readme_block_and_check_catches_an_edit(tmp_path):
-    results = fake_study(tmp_path)
+    fake_study(tmp_path)
     readme = tmp_path / "README.md"
     begin, end = tables.markers("results/fake")
     readme.write_text(f"# Results\n\nprose kept\n{begin}\nold table\n{end}\nafter\n")
@@ -137,7 +137,7 @@ def test_the_committed_sections_of_other_studies_are_the_reports_output(study):
 
 @pytest.mark.slow
 def test_one_report_fills_the_results_block_and_the_headline_of_several_files(tmp_path):
-    results = fake_study(tmp_path)
+    fake_study(tmp_path)
     begin, end = tables.markers("results/fake")
     headline_begin, headline_end = tables.markers("results/fake", tables.HEADLINE)
     assert (headline_begin, headline_end) == ("<!-- report:results/fake:headline:begin -->",
@@ -315,6 +315,20 @@ def test_a_claim_whose_control_has_only_all_zero_maps_reads_undefined_not_uneval
     basic, center, across = verdicts["alignment needs a mask-specific loss (vs the entropy regulariser)"]
     assert basic == across == "undefined for entropy: no frame with a non-zero map"
     assert center == "not run"
+
+
+def test_an_undefined_metric_other_than_alignment_is_not_blamed_on_all_zero_maps(tmp_path):
+    """A return ratio is NaN where the unshifted return is 0, not where maps are all zero: its cell names it NaN."""
+    results = fake_study(tmp_path)
+    for seed in SEEDS:
+        shift = json.loads((results / f"basic__vanilla__{seed}" / "shift_eval.json").read_text())
+        shift["means"]["shift_return_ratio"] = float("nan")
+        (results / f"basic__vanilla__{seed}" / "shift_eval.json").write_text(json.dumps(shift))
+    with pytest.warns(UserWarning, match="has no value for shift_return_ratio"):
+        runs = load_runs(results)
+    verdicts = claim_verdicts("\n".join(tables.results_block(runs, tables.Options(reps=200), "f")))
+    basic = verdicts["return under background shift holds better than vanilla's"][0]
+    assert basic == "undefined for vanilla: NaN on every run"
 
 
 def test_a_method_with_a_metric_undefined_on_one_seed_is_left_out_of_that_metrics_estimates_only(tmp_path):
