@@ -35,6 +35,9 @@ SHIFT_EVAL = "shift_eval.json"
 RETURNS = "returns.csv"
 CURVES = "curves.csv"
 CLASSIFIER_EVAL = "classifier_eval.json"
+ALIGNMENT = ("relevance_mass", "relevance_rank", "pointing_game")
+"""the evaluation files' metrics that are NaN on a frame whose map is all zero (here, so that readers of records
+need not import torch)"""
 
 # torch is imported by the functions that read or write a checkpoint, so that the tools that read only a
 # run's records (eval/aggregate.py) start without it

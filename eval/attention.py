@@ -34,10 +34,10 @@ from tqdm import tqdm
 from agents.attention import grad_cam, has_target, normalise_maps, random_blob_masks
 from agents.checks import SEED_MAX, check_writable_dir
 from agents.network import Agent
-from agents.run_folder import CHECKPOINT, CONFIG
+from agents.run_folder import ALIGNMENT, CHECKPOINT, CONFIG
 from envs import check_scenario, make_env
 from masks import mask_outline
-from eval.metrics import (ALIGNMENT, chance_levels, deletion_insertion, dilate_to_cells, occlusion_drop, pointing_game,
+from eval.metrics import (chance_levels, deletion_insertion, dilate_to_cells, occlusion_drop, pointing_game,
                           relevance_mass, relevance_rank, zero_maps)
 
 RESULT_FILE = "attention_eval.json"

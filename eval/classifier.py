@@ -27,9 +27,8 @@ from tqdm import tqdm
 from agents import run_folder
 from agents.attention import grad_cam, has_target, random_blob_masks
 from agents.checks import check_writable_dir
-from agents.run_folder import CHECKPOINT, CLASSIFIER_EVAL
-from eval.metrics import (ALIGNMENT, chance_levels, deletion_insertion, occlusion_drop, pointing_game, relevance_mass,
-                          relevance_rank)
+from agents.run_folder import ALIGNMENT, CHECKPOINT, CLASSIFIER_EVAL
+from eval.metrics import chance_levels, deletion_insertion, occlusion_drop, pointing_game, relevance_mass, relevance_rank
 from vision import models
 from vision.folder import FolderError, ImageMaskFolder, splits_of
 

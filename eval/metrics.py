@@ -25,9 +25,6 @@ import torch
 
 from agents.attention import relevance_mass  # noqa: F401  (defined once, shared with training)
 
-ALIGNMENT = ("relevance_mass", "relevance_rank", "pointing_game")
-"""the metrics that are NaN on a frame whose map is all zero"""
-
 
 def _flatten(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, H, W) map and mask -> (B, H*W) float map and bool mask."""

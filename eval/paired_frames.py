@@ -21,9 +21,8 @@ import numpy as np
 import torch
 import tyro
 
-from agents.run_folder import CHECKPOINT, read_config
+from agents.run_folder import ALIGNMENT, CHECKPOINT, read_config
 from eval.attention import FAITHFULNESS, EvalError, Frames, evaluate, load_agent, roll_out
-from eval.metrics import ALIGNMENT
 from eval.stats import paired_p_value
 
 GAINS = {"occlusion_gain": ("occlusion_drop", "occlusion_drop_random"),

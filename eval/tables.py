@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.metrics import ALIGNMENT
+from agents.run_folder import ALIGNMENT
 from eval.runs import CLASSIFIER, RL, InputError, Run, final_return, normalise, ordered_methods
 from eval.stats import (iqm_interval, paired_p_value, pairs_for_power, seeds_for_power, stratified_permutation_p,
                         welch_p_value)
@@ -223,7 +223,8 @@ def metric_table(runs: list[Run], values: dict, scenarios: list[str], methods: l
 
 def undefined_reason(metric: str) -> str:
     """Why a metric has no value on a run: alignment is NaN where every map is all zero (docs/method.md s.5);
-    any other metric (e.g. a return ratio over a return of 0) is named only as NaN."""
+    any other metric (e.g. the shift return ratio, NaN when the unshifted return is not above 0) is named only
+    as NaN."""
     if any(metric == name or metric.endswith("_" + name) for name in ALIGNMENT):
         return "no frame with a non-zero map"
     return "NaN on every run"

@@ -318,7 +318,8 @@ def test_a_claim_whose_control_has_only_all_zero_maps_reads_undefined_not_uneval
 
 
 def test_an_undefined_metric_other_than_alignment_is_not_blamed_on_all_zero_maps(tmp_path):
-    """A return ratio is NaN where the unshifted return is 0, not where maps are all zero: its cell names it NaN."""
+    """A return ratio is NaN where the unshifted return is not above 0, not where maps are all zero: its cell names
+    it NaN."""
     results = fake_study(tmp_path)
     for seed in SEEDS:
         shift = json.loads((results / f"basic__vanilla__{seed}" / "shift_eval.json").read_text())
