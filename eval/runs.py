@@ -139,10 +139,11 @@ def split_finite(values: dict[str, float], path: Path, warn: Callable[[str], Non
                  ) -> tuple[dict[str, float], frozenset[str]]:
     """The finite values, and the names of the others (NaN or inf: e.g. no frame with a target, or only all-zero
     maps), of which ``warn`` is told: such a run has no value of them to aggregate."""
-    undefined = sorted(k for k, v in values.items() if not np.isfinite(v))
+    finite = {k: v for k, v in values.items() if np.isfinite(v)}
+    undefined = sorted(values.keys() - finite.keys())
     if undefined:
         warn(f"{path} has no value for {', '.join(undefined)}; left out")
-    return {k: v for k, v in values.items() if np.isfinite(v)}, frozenset(undefined)
+    return finite, frozenset(undefined)
 
 
 def read_evaluation(path: Path, warn: Callable[[str], None] = warn_by_default

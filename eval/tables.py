@@ -322,6 +322,9 @@ class Report:
     """(claim, verdict per column)"""
     unit: str = "scenario"
     """what a column of the claims is: a scenario, or a classifier's architecture"""
+    folded: bool = False
+    """each table but the last (across) folded under its heading: a classifier's tables are long (every metric on
+    every split), so the page opens on the tables across architectures and the claims"""
 
 
 def metric_section(runs: list[Run], values: dict, where: list[str], methods: list[str], across: bool,
@@ -387,7 +390,9 @@ def claims_table(columns: list[str], claims: list[tuple[str, list[str]]]) -> lis
 def full_block(report: Report) -> list[str]:
     """The results block: every table and every verdict."""
     lines = list(report.introduction) + [""]
-    for heading, table in report.sections:
+    for i, (heading, table) in enumerate(report.sections):
+        if report.folded and i < len(report.sections) - 1:
+            table = [f"<details><summary>every metric on {heading}</summary>", "", *table, "", "</details>"]
         lines += [f"#### {heading}", "", *table, ""]
     return lines + ["#### The paper's claims, here", "", report.claims_introduction, "",
                     *claims_table(report.claim_columns, report.claims)]
@@ -489,7 +494,7 @@ def classifier_report(runs: list[Run], options: Options, figures_link: str) -> R
                                  relative=relative))
         claims.append((claim, cells))
     return Report(lines, sections, claims_introduction, [*architectures, *([ALL_ARCHITECTURES] if across else [])],
-                  claims, unit="architecture")
+                  claims, unit="architecture", folded=across)
 
 
 # ---------------------------------------------------------------- figures

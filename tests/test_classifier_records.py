@@ -164,7 +164,10 @@ def test_a_claim_the_numbers_make_true_holds_and_one_they_make_false_does_not(st
     gain = {m: 0.5 - known("deletion_auc", "resnet_mini", m, "test_balanced") for m in ("camal", "rrr")}
     relative = (gain["camal"].mean() - gain["rrr"].mean()) / abs(gain["rrr"].mean())
     assert resnet.startswith("**yes**") and f"{relative:+.0%} relative, n=5 pairs)" in resnet
-    table = [line for line in text.split("#### resnet_mini")[1].split("####")[0].splitlines() if line]
+    section = text.split("#### resnet_mini")[1].split("####")[0]
+    assert section.strip().startswith("<details><summary>every metric on resnet_mini</summary>")  # long: folded
+    assert "<details>" not in text.split("#### All architectures")[1]  # the table across them opens the page
+    table = [line for line in section.splitlines() if line.startswith("| ")]
     assert table[0] == ("| metric | vanilla | camal | rrr | Welch p vs vanilla | paired p vs vanilla | "
                         "Welch p vs rrr | paired p vs rrr |")
     row = next(line for line in table if line.startswith("| test_shifted: accuracy |")).split(" | ")
