@@ -61,10 +61,26 @@ def reward_scale_for(spec: Scenario, reward_transform: str, reward_scale: float 
     return scale
 
 
+def keep_open_files_from_engines() -> None:
+    """Mark every file this process has open (but stdin, stdout and stderr) close-on-exec, so that an engine,
+    a program ViZDoom starts, does not inherit them. An engine orphaned by a killed worker (it does not
+    notice its parent's death) would otherwise hold them open for good: among them a study's run lock
+    (experiments/study.py), on which the run's retry would then wait forever."""
+    fd_folder = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+    for name in os.listdir(fd_folder):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, closed by now
+                pass
+
+
 def make_doom_env(scenario: str, render_mode: str | None = None) -> VizdoomScenarioEnv:
     """The raw vizdoom gymnasium env: frame skip 4, grey screen, label buffer on, one button at a time.
     ``scenario``: a stock short name or a .cfg path (README, Custom scenarios)."""
     spec = check_scenario(scenario)
+    keep_open_files_from_engines()
     return VizdoomScenarioEnv(
         config_path(spec),
         doom_scenario_path=wad_path(spec),

@@ -43,6 +43,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def new_descendants(before: set[int]) -> list[int]:
+    """The processes below this one that were not there before: what the code under test started, not
+    what an earlier test may have left behind."""
+    return [pid for pid in descendants(os.getpid()) if pid not in before]
+
+
 def is_running(pid: int) -> bool:
     """The process exists and is not a zombie (a zombie has ended; only its exit status is left)."""
     try:
@@ -118,9 +124,10 @@ class InterruptedPipe:
 def test_a_signal_while_closing_a_vector_env_still_ends_every_worker_and_engine():
     """Interrupted before any worker got its close command, close must still end the workers (which
     ignore SIGTERM) and their engines, not leave them waiting and this process waiting for them at exit."""
+    before = set(descendants(os.getpid()))
     envs = make_vector_env("basic", 2)
     envs.reset(seed=0)
-    tree = descendants(os.getpid())
+    tree = new_descendants(before)
     assert len(tree) == 2 + 2, f"expected 2 workers and their 2 engines, found {tree}"
     envs.parent_pipes[0] = InterruptedPipe(envs.parent_pipes[0])
     with pytest.raises(KeyboardInterrupt):
@@ -135,9 +142,10 @@ def test_a_signal_while_closing_env_groups_still_ends_every_worker_and_engine(mo
     and the trainer waiting for them at exit."""
     from envs import make_env_groups
 
+    before = set(descendants(os.getpid()))
     envs = make_env_groups("basic", 2, 2)
     envs.reset(seed=0)
-    tree = descendants(os.getpid())
+    tree = new_descendants(before)
     assert len(tree) == 2 + 2, f"expected 2 workers and their 2 engines, found {tree}"
     first_close = envs.groups[0].close
 
@@ -150,3 +158,33 @@ def test_a_signal_while_closing_env_groups_still_ends_every_worker_and_engine(mo
         envs.close()
     left = wait_until_ended(tree, seconds=10)
     assert not left, f"still running 10 s after an interrupted close: {left}"
+
+
+def open_files(pid: int) -> set[str]:
+    """The paths of the files process pid has open."""
+    paths = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            paths.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return paths
+
+
+def test_engines_inherit_none_of_the_files_of_the_process_that_made_the_env(tmp_path):
+    """A study hands its trainer the run's lock as an open file; an engine that inherited it and outlived its
+    worker (engines do not notice their parent's death) would hold the lock for good, and the run's retry
+    would wait for it forever. The workers, which die with their parent, may hold it; the engines must not."""
+    lock = open(tmp_path / "run.lock", "w")
+    os.set_inheritable(lock.fileno(), True)  # as subprocess's pass_fds leaves it in the trainer
+    envs = make_vector_env("basic", 2)
+    try:
+        envs.reset(seed=0)
+        workers = [process.pid for process in envs.processes]
+        engines = [pid for worker in workers for pid in descendants(worker)]
+        assert len(engines) == 2, f"expected 2 engines, found {engines}"
+        assert all(str(tmp_path / "run.lock") in open_files(pid) for pid in workers)  # what the test relies on
+        assert [pid for pid in engines if str(tmp_path / "run.lock") in open_files(pid)] == []
+    finally:
+        envs.close()
+        lock.close()
