@@ -503,7 +503,11 @@ def train_and_evaluate(run: Run, results_dir: str, cpus: float, gpus: float, boa
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     device = [] if gpus > 0 else ["--no-cuda"]
     with open(root / LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a previous attempt's trainer may still be writing its checkpoint
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a previous attempt's trainer may still be writing its checkpoint
+            board.update.remote(run.name, state="waiting for its previous attempt to exit")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         board.update.remote(run.name, state="running")
         state, folder, step = run_state(root, run)
         if state.startswith("conflict"):

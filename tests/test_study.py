@@ -66,6 +66,28 @@ def processes_mentioning(text: str) -> dict[int, int]:
     return found
 
 
+def holders_of(path: Path) -> dict[int, str]:
+    """pid -> command line of every process that has path open."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) == str(path.resolve()) for fd in (entry / "fd").iterdir()):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        except OSError:
+            continue
+    return found
+
+
+def diagnosis(tmp_path: Path, run_root: Path) -> str:
+    """What a failed kill-and-resume leaves to read: the study's output, the run's logs, who holds its lock."""
+    logs = [tmp_path / "study.out", *sorted(run_root.glob("*.log"))]
+    parts = [f"--- {log.name} (last 3,000 characters)\n{log.read_text()[-3000:]}" for log in logs if log.is_file()]
+    parts.append(f"--- processes holding {study.LOCK}: {holders_of(run_root / study.LOCK)}")
+    return "\n".join(parts)
+
+
 def checkpoint_step(run_root: Path) -> int:
     try:
         checkpoint = next(run_root.glob("*/checkpoint.pt"))
@@ -111,11 +133,19 @@ def test_killed_worker_resumes_from_checkpoint_and_rerun_trains_nothing(two_node
             step_at_kill = checkpoint_step(victim)
             assert step_at_kill < BUDGET, "the run finished before it could be interrupted"
             os.kill(worker, signal.SIGKILL)
-            assert driver.wait(timeout=300) == 0, (tmp_path / "study.out").read_text()
+            try:
+                code = driver.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the study had not finished 300 s after the kill\n" + diagnosis(tmp_path, victim))
+            assert code == 0, diagnosis(tmp_path, victim)
         finally:
             if driver.poll() is None:
                 driver.send_signal(signal.SIGINT)
-                driver.wait(timeout=120)
+                try:
+                    driver.wait(timeout=120)
+                except subprocess.TimeoutExpired:  # not left to the rest of the suite, whose process counts it spoils
+                    driver.kill()
+                    driver.wait()
 
     # both runs completed: full step count, evaluated, one run folder each
     for run_root in (victim, results / "basic__vanilla__2"):
