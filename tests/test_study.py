@@ -51,33 +51,36 @@ cpus = 1
 study = load_study_module()
 
 
-def processes_mentioning(text: str) -> dict[int, int]:
-    """pid -> parent pid of every process whose command line contains text."""
+def each_process(read) -> dict[int, object]:
+    """pid -> read(its /proc folder) for every process where that is not None; processes that end or deny
+    access meanwhile are left out."""
     found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if text in cmdline:
-                found[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
+        if entry.name.isdigit():
+            try:
+                value = read(entry)
+            except (OSError, IndexError):
+                continue
+            if value is not None:
+                found[int(entry.name)] = value
     return found
+
+
+def command_line(proc: Path) -> str:
+    return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def processes_mentioning(text: str) -> dict[int, int]:
+    """pid -> parent pid of every process whose command line contains text."""
+    return each_process(lambda proc: int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                        if text in command_line(proc) else None)
 
 
 def holders_of(path: Path) -> dict[int, str]:
     """pid -> command line of every process that has path open."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if any(os.readlink(fd) == str(path.resolve()) for fd in (entry / "fd").iterdir()):
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
-        except OSError:
-            continue
-    return found
+    target = str(path.resolve())
+    return each_process(lambda proc: command_line(proc)[:200]
+                        if any(os.readlink(fd) == target for fd in (proc / "fd").iterdir()) else None)
 
 
 def diagnosis(tmp_path: Path, run_root: Path) -> str:
