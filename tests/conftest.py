@@ -2,6 +2,7 @@
 its scripts in a fresh Python, reading TensorBoard logs, and checking one-line refusals."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 import tempfile
@@ -105,3 +106,14 @@ def load_study_module():
         sys.modules["study"] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
     return sys.modules["study"]
+
+
+def open_files(pid: int) -> set[str]:
+    """The paths of the files process pid has open."""
+    paths = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            paths.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return paths

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, event_file_steps, load_study_module, run_python, scalars
+from conftest import ROOT, event_file_steps, load_study_module, open_files, run_python, scalars
 
 STUDY_SCRIPT = ROOT / "experiments" / "study.py"
 BATCH = 2 * 64
@@ -79,8 +79,7 @@ def processes_mentioning(text: str) -> dict[int, int]:
 def holders_of(path: Path) -> dict[int, str]:
     """pid -> command line of every process that has path open."""
     target = str(path.resolve())
-    return each_process(lambda proc: command_line(proc)[:200]
-                        if any(os.readlink(fd) == target for fd in (proc / "fd").iterdir()) else None)
+    return each_process(lambda proc: command_line(proc)[:200] if target in open_files(int(proc.name)) else None)
 
 
 def diagnosis(tmp_path: Path, run_root: Path) -> str:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, open_files
 from envs import make_vector_env
 
 pytestmark = [pytest.mark.slow,  # engines in worker processes
@@ -158,17 +158,6 @@ def test_a_signal_while_closing_env_groups_still_ends_every_worker_and_engine(mo
         envs.close()
     left = wait_until_ended(tree, seconds=10)
     assert not left, f"still running 10 s after an interrupted close: {left}"
-
-
-def open_files(pid: int) -> set[str]:
-    """The paths of the files process pid has open."""
-    paths = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            paths.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            continue
-    return paths
 
 
 def test_engines_inherit_none_of_the_files_of_the_process_that_made_the_env(tmp_path):
