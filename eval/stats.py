@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.stats import trim_mean, ttest_ind, ttest_rel
+from scipy.stats import trim_mean, ttest_1samp, ttest_ind, ttest_rel
 from statsmodels.stats.power import TTestIndPower, TTestPower
 
 
@@ -110,12 +110,18 @@ def iqm_interval(cells: list[np.ndarray], reps: int,
 def welch_p_value(x: np.ndarray, y: np.ndarray) -> float:
     """Two-sided p-value of Welch's t-test (unequal variances) of mean(x) = mean(y); NaN with < 2 values a side.
 
-    Two samples without spread: 1 if they are equal, 0 if not (the test's limit as the spread goes to 0).
+    Two samples without spread: 1 if they are equal, 0 if not (the test's limit as the spread goes to 0). One
+    sample without spread: Welch's test is then the one-sample t-test of the other against that value, which
+    is what it computes (scipy's Welch warns of precision loss on the sample without spread).
     """
     if len(x) < 2 or len(y) < 2:
         return float("nan")
     if np.ptp(x) == 0 and np.ptp(y) == 0:
         return 1.0 if x[0] == y[0] else 0.0
+    if np.ptp(y) == 0:
+        return float(ttest_1samp(x, y[0]).pvalue)
+    if np.ptp(x) == 0:
+        return float(ttest_1samp(y, x[0]).pvalue)
     return float(ttest_ind(x, y, equal_var=False).pvalue)
 
 

@@ -1,6 +1,7 @@
 """eval/aggregate.py on synthetic runs written as real TensorBoard event files."""
 
 import json
+import warnings
 import zlib
 
 import numpy as np
@@ -8,6 +9,7 @@ import pandas as pd
 import pytest
 from rliable import library as rly
 from rliable import metrics
+from scipy.stats import t as student_t
 from scipy.stats import trim_mean, ttest_ind
 from torch.utils.tensorboard import SummaryWriter
 
@@ -338,6 +340,16 @@ def test_welch_p_value_of_identical_and_far_apart_samples():
     assert welch_p_value(sample, sample + 100.0) < 1e-4
     assert welch_p_value(np.array([3.0, 3.0]), np.array([3.0, 3.0])) == 1.0  # no spread, equal
     assert np.isnan(welch_p_value(sample[:1], sample))  # one seed: no test
+
+
+def test_welch_p_value_with_one_sample_without_spread_is_the_one_sample_test_against_its_value_without_warning():
+    spread, constant = np.array([0.04513046, 0.04514334, 0.0452]), np.full(2, 0.04511237)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's Welch warns of precision loss on the constant sample
+        p = welch_p_value(spread, constant)
+        assert welch_p_value(constant, spread) == p
+    t = (spread.mean() - constant[0]) / (spread.std(ddof=1) / np.sqrt(len(spread)))  # Welch's t with a zero variance
+    assert p == pytest.approx(2 * student_t.sf(abs(t), df=len(spread) - 1))  # and its df, n - 1
 
 
 def test_p_values_in_csv(study):
