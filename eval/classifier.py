@@ -75,11 +75,12 @@ def load_classifier(run_dir: Path, device: torch.device) -> tuple[models.Classif
 
 
 def evaluate_split(classifier, images, masks, labels, args: Args, device) -> dict[str, float]:
-    """The metrics of one split (means over its images; alignment over images with a mask and a non-zero map)."""
+    """The metrics of one split (means over its images; alignment over images with a mask and a non-zero map, and
+    ``images_zero_map`` counts the images with a mask whose map is all zero, which alignment leaves out)."""
     generator = torch.Generator(device=device).manual_seed(args.seed)
     probability = lambda x: torch.softmax(classifier(x).float(), dim=1)  # noqa: E731
     scores: dict[str, list[torch.Tensor]] = {}
-    correct, forward_seconds = 0, 0.0
+    correct, zero_map, forward_seconds = 0, 0, 0.0
     for start in tqdm(range(0, len(labels), args.batch_size), desc="batches", leave=False):
         x = images[start:start + args.batch_size].to(device).float() / 255.0
         mask = masks[start:start + args.batch_size].to(device)
@@ -97,6 +98,7 @@ def evaluate_split(classifier, images, masks, labels, args: Args, device) -> dic
             continue
         x, mask, maps, predicted = x[keep], mask[keep], maps[keep], predicted[keep]
         nonzero = maps.flatten(1).amax(dim=1) > 0
+        zero_map += int((~nonzero).sum())
         chance = chance_levels(mask)
         batch_scores = {
             "relevance_mass": relevance_mass(maps, mask), "relevance_mass_chance": chance["mass"],
@@ -117,7 +119,8 @@ def evaluate_split(classifier, images, masks, labels, args: Args, device) -> dic
             scores.setdefault(key, []).append(value.float().cpu())
     means = {key: torch.nanmean(torch.cat(values)).item() for key, values in scores.items()}
     return {"images": len(labels), "images_with_mask": int(sum(len(v) for v in scores.get("deletion_auc", []))),
-            "accuracy": correct / len(labels), "images_per_s": len(labels) / forward_seconds, **means}
+            "images_zero_map": zero_map, "accuracy": correct / len(labels),
+            "images_per_s": len(labels) / forward_seconds, **means}
 
 
 def run(args: Args) -> dict:
@@ -165,7 +168,7 @@ def print_table(result: dict) -> None:
     names = list(result["splits"])
     keys = ["accuracy", "relevance_mass", "relevance_mass_chance", "pointing_game", "deletion_auc",
             "deletion_auc_random", "insertion_auc", "insertion_auc_random", "occlusion_drop", "occlusion_drop_random",
-            "images_per_s"]
+            "images_per_s", "images_with_mask", "images_zero_map"]
     print(f"{result['model']} {result['method']} seed {result['seed']}")
     print(f"{'metric':<24}" + "".join(f"{name:>16}" for name in names))
     for key in keys:

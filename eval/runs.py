@@ -11,9 +11,9 @@ no ``env``) or its record holds ``curves.csv`` (one row per epoch) and ``classif
 It is read into a Run of paradigm CLASSIFIER with the architecture (config ``model``) in the scenario's role
 (``Run.env``), its epochs as its budget (``Run.total_timesteps``), no episodes, and its evaluation flattened to
 ``SPLIT_metric`` keys, the naming of curves.csv: ``val_accuracy``, ``test_balanced_relevance_mass``,
-``test_shifted_deletion_auc``, ... (the image counts ``images`` and ``images_with_mask`` are not metrics and are
-left out). It is complete when curves.csv has reached the config's epochs and classifier_eval.json exists. A
-study is one paradigm: a folder holding RL runs and classifier runs is refused.
+``test_shifted_deletion_auc``, ... (the image counts ``images``, ``images_with_mask`` and ``images_zero_map`` are
+not metrics and are left out). It is complete when curves.csv has reached the config's epochs and
+classifier_eval.json exists. A study is one paradigm: a folder holding RL runs and classifier runs is refused.
 
 Bad input raises InputError, whose message names what was wrong and what is valid; what is only worth
 knowing (folders left out, methods on different seeds) goes to ``warn``, by default ``warnings.warn``.
@@ -43,7 +43,7 @@ RL, CLASSIFIER = "rl", "classifier"
 """the two paradigms of a study: RL agents (agents/ppo_camal.py) and image classifiers (agents/camal_classifier.py)"""
 CLASSIFIER_CONFIG_KEYS = ("model", "method", "seed", "epochs")
 CLASSIFIER_EVALUATION_FILES = (CLASSIFIER_EVAL,)
-CLASSIFIER_COUNTS = ("images", "images_with_mask")
+CLASSIFIER_COUNTS = ("images", "images_with_mask", "images_zero_map")
 """per-split counts of classifier_eval.json: not metrics, left out of a run's evaluation"""
 
 

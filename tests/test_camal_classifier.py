@@ -176,11 +176,33 @@ def test_the_evaluation_reports_every_split_with_chance_levels(data, tmp_path):
     assert set(result["splits"]) == {"val", "test_balanced"}
     for scores in result["splits"].values():
         assert scores["images"] == 12 and scores["images_with_mask"] == 12
+        assert 0 <= scores["images_zero_map"] <= 12
         assert 0 <= scores["accuracy"] <= 1 and scores["images_per_s"] > 0
         # chance of every alignment metric is the mask's share of the image: 36 to 121 of 1024 pixels
         assert 36 / 1024 <= scores["relevance_mass_chance"] <= 121 / 1024
         for key in ("deletion_auc", "insertion_auc", "occlusion_drop", "occlusion_drop_random"):
             assert np.isfinite(scores[key])
+
+
+def test_the_evaluation_counts_the_all_zero_maps_that_alignment_leaves_out(data):
+    from eval.classifier import evaluate_split
+    from vision import models
+    from vision.folder import ImageMaskFolder
+
+    torch.manual_seed(0)
+    images, masks, labels = ImageMaskFolder(data, "test_balanced", SIZE).tensors(progress=False)
+    classifier = models.create("resnet_mini", 2, SIZE).eval()
+    args = EvalArgs(run="unused", cuda=False, deletion_steps=2)
+    seeing = evaluate_split(classifier, images, masks, labels, args, torch.device("cpu"))
+    assert seeing["images_zero_map"] < seeing["images_with_mask"] == 12
+    assert np.isfinite(seeing["relevance_mass"])
+
+    head = [module for module in classifier.modules() if isinstance(module, torch.nn.Linear)][-1]
+    torch.nn.init.zeros_(head.weight)  # logits no longer depend on the features: every Grad-CAM is all zero
+    blind = evaluate_split(classifier, images, masks, labels, args, torch.device("cpu"))
+    assert blind["images_zero_map"] == blind["images_with_mask"] == 12
+    assert all(np.isnan(blind[key]) for key in ("relevance_mass", "relevance_rank", "pointing_game"))
+    assert np.isfinite(blind["deletion_auc"])  # faithfulness still scores every image (ties in random order)
 
 
 def test_the_evaluation_refuses_a_folder_that_is_no_classifier_run(tmp_path, capsys):

@@ -42,7 +42,7 @@ def split_metrics(architecture: str, method: str, seed: int, split: str) -> dict
     """The known numbers of one run on one split, as eval/classifier.py writes them."""
     rng = np.random.default_rng(zlib.crc32(f"{architecture} {method} {seed} {split}".encode()))
     noise = lambda: float(rng.normal(0, 0.02))  # noqa: E731
-    return {"images": 200, "images_with_mask": 180, "accuracy": ACCURACY[split][method] + noise(),
+    return {"images": 200, "images_with_mask": 180, "images_zero_map": 3, "accuracy": ACCURACY[split][method] + noise(),
             "images_per_s": 1000.0 + 50 * noise(),
             "relevance_mass": CENTRES["relevance_mass"][method] + noise(), "relevance_mass_chance": 0.1,
             "relevance_rank": 0.6 + noise(), "relevance_rank_chance": 0.5,
@@ -101,7 +101,8 @@ def test_a_classifier_record_is_a_run_with_the_architecture_as_scenario_and_spli
     assert run.evaluation["test_balanced_relevance_mass"] == split_metrics("vit_mini", "camal", 3,
                                                                            "test_balanced")["relevance_mass"]
     assert {"val_accuracy", "test_shifted_accuracy", "val_images_per_s"} <= set(run.evaluation)
-    assert not any(key.endswith(("_images", "_images_with_mask")) for key in run.evaluation)  # counts, not metrics
+    counts = ("_images", "_images_with_mask", "_images_zero_map")
+    assert not any(key.endswith(counts) for key in run.evaluation)  # counts, not metrics
 
 
 def test_aggregate_gives_the_iqm_over_seeds_per_architecture_and_over_architectures_x_seeds(aggregated, study):
