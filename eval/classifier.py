@@ -28,7 +28,8 @@ from agents import run_folder
 from agents.attention import grad_cam, has_target, random_blob_masks
 from agents.checks import check_writable_dir
 from agents.run_folder import ALIGNMENT, CHECKPOINT, CLASSIFIER_EVAL
-from eval.metrics import chance_levels, deletion_insertion, occlusion_drop, pointing_game, relevance_mass, relevance_rank
+from eval.metrics import (chance_levels, deletion_insertion, occlusion_drop, pointing_game, relevance_mass,
+                          relevance_rank, zero_maps)
 from vision import models
 from vision.folder import FolderError, ImageMaskFolder, splits_of
 
@@ -97,8 +98,8 @@ def evaluate_split(classifier, images, masks, labels, args: Args, device) -> dic
         if not keep.any():
             continue
         x, mask, maps, predicted = x[keep], mask[keep], maps[keep], predicted[keep]
-        nonzero = maps.flatten(1).amax(dim=1) > 0
-        zero_map += int((~nonzero).sum())
+        zero = zero_maps(maps)
+        zero_map += int(zero.sum())
         chance = chance_levels(mask)
         batch_scores = {
             "relevance_mass": relevance_mass(maps, mask), "relevance_mass_chance": chance["mass"],
@@ -107,7 +108,7 @@ def evaluate_split(classifier, images, masks, labels, args: Args, device) -> dic
         }
         for name in ALIGNMENT:  # an all-zero map looks nowhere: no alignment score, as eval/attention.py
             for key in (name, f"{name}_chance"):
-                batch_scores[key] = torch.where(nonzero, batch_scores[key].float(), torch.nan)
+                batch_scores[key] = torch.where(zero, torch.nan, batch_scores[key].float())
         by_map = deletion_insertion(probability, x, maps, predicted, args.deletion_steps, "map", generator)
         by_chance = deletion_insertion(probability, x, maps, predicted, args.deletion_steps, "random", generator)
         batch_scores |= {"deletion_auc": by_map.deletion_auc, "deletion_auc_random": by_chance.deletion_auc,
